@@ -1,0 +1,28 @@
+"""hf_wsd: warmup-stable-decay pretraining for the Hugging Face stack.
+
+Light names (the plan, the scheduler) import at once; trainer-side names import lazily, since loading
+``transformers.Trainer`` takes seconds.
+"""
+
+from .plan import Budget, BudgetPlan, Phase, budget_name, format_tokens, parse_quantity
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "get_budget_plan_scheduler": "lr_scheduler",
+    "BudgetPlanLR": "lr_scheduler",
+    "BudgetReached": "events",
+    "BudgetCallback": "events",
+    "WSDConfig": "config",
+    "WSDTrainer": "trainer",
+}
+
+__all__ = ["Budget", "BudgetPlan", "Phase", "budget_name", "format_tokens", "parse_quantity", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'hf_wsd' has no attribute {name!r}")

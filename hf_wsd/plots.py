@@ -1,0 +1,66 @@
+"""PNG plots for plans and runs (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .plan import BudgetPlan
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_lr_schedule(plan: BudgetPlan, path: str | Path, peak_lr: float | None = None) -> Path:
+    """Plot the main path's LR (and WSD branches, dashed) with budgets marked; returns the PNG path."""
+    plt = _pyplot()
+    scale = 1.0 if peak_lr is None else peak_lr
+    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=110)
+    steps = range(plan.total_steps)
+    ax.plot(list(steps), [plan.lr_ratio(t) * scale for t in steps], color="C0", label=plan.schedule)
+    for budget in plan.budgets:
+        if budget.branch:
+            window = range(budget.decay_start, budget.step)
+            ax.plot(list(window), [plan.lr_ratio(t, budget.index) * scale for t in window], "--", color="C1")
+        ax.axvline(budget.step, color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("optimizer update")
+    ax.set_ylabel("learning rate" if peak_lr else "LR / peak LR")
+    ax.set_title(f"{plan.schedule}: budgets at {', '.join(str(b.step) for b in plan.budgets)}")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_curves(
+    curves: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    marks: Sequence[float] = (),
+) -> Path:
+    """Plot named ``(x, y)`` curves on one axis, with optional vertical marks; returns the PNG path."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=110)
+    for label, (xs, ys) in curves.items():
+        ax.plot(list(xs), list(ys), marker="o" if len(xs) < 20 else None, label=label)
+    for mark in marks:
+        ax.axvline(mark, color="grey", lw=0.6, ls=":")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if len(curves) > 1:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
