@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Sequence, Union
 
-from .schedules import DECAY_SHAPES, decay_ratio, rewarmup_ratio, warmup_ratio
+from .schedules import DECAY_SHAPES, cosine_period_ratio, decay_ratio, rewarmup_ratio, warmup_ratio
 
 SCHEDULES = ("wsd-s", "wsd", "cyclic-cosine", "cosine")
 BUDGET_UNITS = ("steps", "tokens")
@@ -285,6 +285,9 @@ class BudgetPlan:
                 if budget.branch:
                     return 1.0
                 if step >= budget.decay_start:
+                    if self.schedule in ("cosine", "cyclic-cosine"):
+                        # A cosine period has no stable phase before it: it starts at peak (transformers' cosine).
+                        return cosine_period_ratio(step, budget.decay_start, budget.decay_steps, self.min_lr_ratio)
                     return decay_ratio(
                         step, budget.decay_start, budget.decay_steps, self.decay_shape, self.min_lr_ratio
                     )

@@ -63,6 +63,17 @@ def decay_ratio(step: int, start: int, length: int, shape: str, min_lr_ratio: fl
     return min_lr_ratio + (1.0 - min_lr_ratio) * DECAY_SHAPES[shape](progress)
 
 
+def cosine_period_ratio(step: int, start: int, length: int, min_lr_ratio: float) -> float:
+    """Multiplier at update ``step`` of a cosine period ``[start, start + length)`` from peak towards ``min_lr_ratio``.
+
+    Progress is ``(step - start) / length`` (transformers' ``get_cosine_schedule_with_warmup``): unlike a WSD decay
+    window, nothing before the period sits at peak, so its first update is the peak itself; the last update is
+    still above ``min_lr_ratio`` because ``min_lr_ratio`` falls on ``start + length``, the next period's first update.
+    """
+    progress = (step - start) / length
+    return min_lr_ratio + (1.0 - min_lr_ratio) * cosine_decay(progress)
+
+
 def rewarmup_ratio(step: int, start: int, length: int, min_lr_ratio: float) -> float:
     """Linear climb from ``min_lr_ratio`` back to peak over ``[start, start + length)`` (WSD-S re-warmup)."""
     progress = (step - start + 1) / (length + 1)
