@@ -1,0 +1,139 @@
+"""``WSDConfig``: ``TrainingArguments`` plus the budget plan, the evaluation and the publishing of budgets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .plan import BudgetPlan
+
+
+@dataclass
+class WSDConfig(TrainingArguments):
+    r"""
+    Configuration of [`WSDTrainer`]: every [`~transformers.TrainingArguments`] field, plus the fields below.
+
+    Parameters that control the budgets:
+        budgets (`list[str]`):
+            Increasing compute budgets, one decayed checkpoint each: `["1000", "2000"]` updates, or with
+            `budget_unit="tokens"`, `["2.5M", "10M"]`. Suffixes K, M, B, T are powers of 1000.
+        budget_unit (`str`, *optional*, defaults to `"steps"`):
+            `"steps"` (optimizer updates) or `"tokens"`. Tokens per update = per-device batch size ×
+            gradient accumulation × world size × `seq_length`.
+        seq_length (`int` or `None`, *optional*, defaults to `None`):
+            Tokens per training example. `None` reads it from the first training example (packed blocks).
+
+    Parameters that control the schedule:
+        schedule (`str`, *optional*, defaults to `"wsd-s"`):
+            `"wsd-s"` (decay in-line at each budget, then straight back to peak LR, optimizer state kept),
+            `"wsd"` (decay on a side branch per budget; the main branch never decays), `"cyclic-cosine"` or
+            `"cosine"` (baselines).
+        decay_fraction (`float` or `None`, *optional*, defaults to `None`):
+            Decay length as a fraction of each period (WSD-S) or of the budget (WSD); `None` means 0.1 unless
+            `decay_steps` is set.
+        decay_steps (`int` or `None`, *optional*, defaults to `None`):
+            Fixed decay length in updates (instead of `decay_fraction`).
+        decay_shape (`str`, *optional*, defaults to `"linear"`):
+            `"linear"`, `"cosine"`, `"1-sqrt"`, `"inverse"` or `"exp"`.
+        min_lr_ratio (`float`, *optional*, defaults to `0.0`):
+            Multiplier of `learning_rate` that each decay approaches.
+        rewarmup_steps (`int`, *optional*, defaults to `0`):
+            WSD-S only: updates to climb back to peak after each budget (0 jumps straight back).
+        `warmup_steps` (from `TrainingArguments`) is the initial warmup; below 1 it is a ratio of the last budget.
+        `max_steps` follows from the plan: leave it at -1 (any other value must equal the last budget).
+
+    Parameters that control the evaluation of each budget:
+        budget_eval (`bool`, *optional*, defaults to `True`):
+            Score every decayed checkpoint (held-out loss and perplexity on `eval_dataset`, plus `eval_tasks`).
+        eval_tasks (`list[str]`, *optional*, defaults to `[]`):
+            lm-evaluation-harness task names (`hellaswag`, `arc_easy`, … or tasks in `eval_task_paths`).
+        eval_task_paths (`list[str]`, *optional*, defaults to `[]`):
+            Directories of local lm-eval task YAML files.
+        eval_limit (`int` or `None`, *optional*, defaults to `None`):
+            At most this many examples per lm-eval task.
+        eval_batch_size (`int`, *optional*, defaults to `8`):
+            Batch size of lm-eval.
+
+    Parameters that control the run:
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Start a new run in an `output_dir` that already holds one (its budget folders are replaced as the
+            new run reaches them). Without it, such a directory is an error unless you resume.
+
+    Publishing uses the usual `push_to_hub`, `hub_model_id`, `hub_private_repo` and `hub_token`: each budget
+    becomes a branch named after it, and `main` holds the newest budget.
+
+    Defaults that differ from `TrainingArguments`: `logging_steps=10`, `save_steps=1000`,
+    `lr_scheduler_type` is ignored (the plan is the schedule).
+    """
+
+    budgets: list[str] = field(default_factory=list, metadata={"help": "Increasing budgets: 1000 2000, or 2.5M 10M with --budget_unit tokens."})
+    budget_unit: str = field(default="steps", metadata={"help": "'steps' (optimizer updates) or 'tokens'."})
+    seq_length: int | None = field(default=None, metadata={"help": "Tokens per example; default: read from the first training example."})
+    schedule: str = field(default="wsd-s", metadata={"help": "'wsd-s', 'wsd', 'cyclic-cosine' or 'cosine'."})
+    decay_fraction: float | None = field(default=None, metadata={"help": "Decay length as a fraction of each period (WSD-S) or budget (WSD); default 0.1."})
+    decay_steps: int | None = field(default=None, metadata={"help": "Fixed decay length in updates, instead of decay_fraction."})
+    decay_shape: str = field(default="linear", metadata={"help": "'linear', 'cosine', '1-sqrt', 'inverse' or 'exp'."})
+    min_lr_ratio: float = field(default=0.0, metadata={"help": "Multiplier of learning_rate that each decay approaches."})
+    rewarmup_steps: int = field(default=0, metadata={"help": "WSD-S: updates to climb back to peak after each budget (0 = jump)."})
+    budget_eval: bool = field(default=True, metadata={"help": "Evaluate every decayed checkpoint (held-out loss + eval_tasks)."})
+    eval_tasks: list[str] = field(default_factory=list, metadata={"help": "lm-evaluation-harness task names."})
+    eval_task_paths: list[str] = field(default_factory=list, metadata={"help": "Directories of local lm-eval task YAMLs."})
+    eval_limit: int | None = field(default=None, metadata={"help": "At most this many examples per lm-eval task."})
+    eval_batch_size: int = field(default=8, metadata={"help": "Batch size of lm-eval."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over in an output_dir that holds another run."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every X updates (below 1: a ratio of the run)."})
+    save_steps: float = field(default=1000, metadata={"help": "Save a resumable checkpoint every X updates."})
+
+    def __post_init__(self):
+        if isinstance(self.budgets, (str, int)):
+            self.budgets = [self.budgets]
+        self.budgets = [str(b) for b in self.budgets]
+        if not self.budgets:
+            raise ValueError("`budgets` is empty: give at least one budget, e.g. budgets=['1000', '2000'].")
+        # Validate everything the plan can check now, long before any compute is spent. Token budgets need
+        # the tokens per update (world size, sequence length), so their plan is completed by the trainer.
+        plan = self.build_plan(tokens_per_update=None if self.budget_unit == "steps" else 1)
+        if self.budget_unit == "steps":
+            if self.max_steps not in (-1, plan.total_steps):
+                raise ValueError(
+                    f"`max_steps`={self.max_steps} conflicts with the last budget ({plan.total_steps} updates): "
+                    "leave max_steps at -1; the budget plan sets it."
+                )
+            self.max_steps = plan.total_steps
+        elif self.max_steps != -1:
+            raise ValueError(f"`max_steps`={self.max_steps} conflicts with token budgets: leave it at -1.")
+        if self.seq_length is not None and self.seq_length < 1:
+            raise ValueError(f"`seq_length` must be a positive integer; got {self.seq_length}.")
+        if self.max_steps == -1:
+            self.max_steps = 1  # placeholder so TrainingArguments accepts the config; WSDTrainer sets the real value
+        super().__post_init__()
+
+    def warmup_updates(self, total_steps: int) -> int:
+        """``warmup_steps`` in updates (a value below 1 is a ratio of ``total_steps``)."""
+        return self.get_warmup_steps(total_steps)
+
+    def build_plan(self, tokens_per_update: int | None) -> BudgetPlan:
+        """The budget plan of this config, for ``tokens_per_update`` tokens per optimizer update."""
+        last = None
+        if self.warmup_steps < 1 and self.warmup_steps > 0:
+            # A ratio of the run: resolve it against the last budget.
+            last = BudgetPlan(
+                self.budgets, schedule=self.schedule if self.schedule != "cosine" else "cosine",
+                warmup_steps=0, decay_fraction=self.decay_fraction, decay_steps=self.decay_steps,
+                budget_unit=self.budget_unit, tokens_per_update=tokens_per_update,
+                decay_shape=self.decay_shape,
+            ).total_steps
+        warmup = int(self.warmup_steps) if last is None else self.get_warmup_steps(last)
+        return BudgetPlan(
+            budgets=self.budgets,
+            schedule=self.schedule,
+            warmup_steps=warmup,
+            decay_fraction=self.decay_fraction,
+            decay_steps=self.decay_steps,
+            decay_shape=self.decay_shape,
+            min_lr_ratio=self.min_lr_ratio,
+            rewarmup_steps=self.rewarmup_steps,
+            budget_unit=self.budget_unit,
+            tokens_per_update=tokens_per_update,
+        )
