@@ -50,7 +50,9 @@ def format_tokens(tokens: int) -> str:
     for suffix, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
         # Round first so 999_999 becomes '1M', not '1000K'.
         if float(f"{tokens / scale:.3g}") >= 1:
-            return f"{tokens / scale:.3g}{suffix}"
+            # '.3g' writes 1000 and up as '1e+03'; only reachable with the largest suffix.
+            text = f"{tokens / scale:.3g}" if tokens < 999.5 * scale else f"{tokens / scale:.0f}"
+            return f"{text}{suffix}"
     return str(tokens)
 
 
@@ -146,8 +148,8 @@ class BudgetPlan:
         self.rewarmup_steps = rewarmup_steps
         self.budget_unit = budget_unit
         self.tokens_per_update = tokens_per_update
+        steps = self._budget_steps(budgets)  # validates first: `budgets` may be a bare number or string
         self.budget_values = tuple(budgets)
-        steps = self._budget_steps(budgets)
         if schedule == "cosine" and len(steps) > 1:
             raise ValueError(
                 f"schedule 'cosine' trains to one budget; got {len(steps)} in `budgets`. "
