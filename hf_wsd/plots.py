@@ -27,12 +27,14 @@ def plot_lr_schedule(plan: BudgetPlan, path: str | Path, peak_lr: float | None =
     for budget in plan.budgets:
         if budget.branch:
             window = range(budget.decay_start, budget.step)
-            ax.plot(list(window), [plan.lr_ratio(t, budget.index) * scale for t in window], "--", color="C1")
+            label = "WSD branch decays" if budget.index == 0 else None  # one legend entry for all branches
+            ax.plot(list(window), [plan.lr_ratio(t, budget.index) * scale for t in window], "--", color="C1", label=label)
         ax.axvline(budget.step, color="grey", lw=0.6, ls=":")
     ax.set_xlabel("optimizer update")
     ax.set_ylabel("learning rate" if peak_lr else "LR / peak LR")
     ax.set_title(f"{plan.schedule}: budgets at {', '.join(str(b.step) for b in plan.budgets)}")
-    ax.legend(loc="lower left")
+    ax.set_ylim(0, 1.25 * scale)  # headroom above the peak so the legend never covers the curve
+    ax.legend(loc="upper right", ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
