@@ -42,7 +42,7 @@ def budget_folder(output_dir: Path, budget: Budget) -> Path:
 
 
 def budget_is_written(output_dir: Path, budget: Budget, run_id: str) -> bool:
-    """True when this run already wrote ``budget``'s folder completely (``budget.json`` is written last)."""
+    """True when this run already wrote ``budget``'s folder completely (``the folder is moved into place once complete)."""
     record = output_dir / BUDGETS_DIR / budget.name / BUDGET_FILE
     if not record.is_file():
         return False

@@ -226,7 +226,7 @@ class WSDTrainer(Trainer):
         if self._written(budget):
             logger.info("%s was written before this resume; not rewriting it.", budget.name)
             return
-        tmp = folder.with_name(f".tmp-{budget.name}")
+        tmp = folder.with_name(f".tmp-{budget.name}")  # moved into place only once complete
         self.save_model(str(tmp))  # every rank: FSDP and DeepSpeed gather the weights collectively
         if self.args.should_save:
             self._write_budget_files(budget, tmp)
@@ -282,9 +282,8 @@ class WSDTrainer(Trainer):
                 {"training loss": (steps, losses)}, folder / "loss_curve.png", "optimizer update", "loss",
                 title=f"training loss up to {budget.name}", marks=[b.step for b in self.plan.budgets if b.step <= budget.step],
             )
-        # budget.json is written last: its presence marks the folder complete.
-        write_model_card(folder)
         runs.write_json(folder / runs.BUDGET_FILE, record)
+        write_model_card(folder)
 
 
 def _resume_quietly(args, state, control):
