@@ -274,9 +274,10 @@ class BudgetPlan:
         Past the last budget the ratio stays at ``min_lr_ratio``.
         """
         if branch is not None:
-            budget = self.budgets[branch]
-            if not budget.branch:
+            # Range-checked by hand: a negative index would silently pick a budget from the end.
+            if not 0 <= branch < len(self.budgets) or not self.budgets[branch].branch:
                 raise ValueError(f"budget {branch} is not a WSD branch of this {self.schedule!r} plan.")
+            budget = self.budgets[branch]
             if budget.decay_start <= step < budget.step:
                 return decay_ratio(step, budget.decay_start, budget.decay_steps, self.decay_shape, self.min_lr_ratio)
         if step < self.warmup_steps:

@@ -148,10 +148,11 @@ def test_wsd_main_branch_stays_at_peak_while_side_branches_decay(shape):
         assert plan.lr_ratio(s - 1, budget.index) == plan.lr_ratio(budget.step, budget.index) == 1.0
 
 
-def test_wsd_last_budget_decays_in_line_and_is_not_a_branch():
+def test_only_wsd_side_branches_are_valid_branch_indices():
     plan = BudgetPlan([100, 200, 400], schedule="wsd")
-    with pytest.raises(ValueError, match="not a WSD branch"):
-        plan.lr_ratio(380, branch=2)
+    for not_a_branch in (2, 3, -1, -3):  # -3 would otherwise pick budget 0 from the end
+        with pytest.raises(ValueError, match="not a WSD branch"):
+            plan.lr_ratio(380, branch=not_a_branch)
     wsd_s = BudgetPlan([100, 200, 400])
     with pytest.raises(ValueError, match="not a WSD branch"):
         wsd_s.lr_ratio(95, branch=0)
