@@ -57,7 +57,8 @@ def decay_ratio(step: int, start: int, length: int, shape: str, min_lr_ratio: fl
 
     Progress is ``(step - start + 1) / (length + 1)``: a virtual last step (as in torchtitan) keeps both the
     first update (below peak) and the last one (above ``min_lr_ratio``, never a wasted zero-LR update)
-    meaningful.
+    meaningful. transformers' ``get_wsd_schedule`` uses ``(step - start) / length``, whose first decay update
+    repeats the peak; this window equals theirs with ``length + 1`` decay steps starting one update earlier.
     """
     progress = (step - start + 1) / (length + 1)
     return min_lr_ratio + (1.0 - min_lr_ratio) * DECAY_SHAPES[shape](progress)
