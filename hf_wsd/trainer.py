@@ -13,6 +13,7 @@ as if the branch had never happened. This works unchanged under DDP, FSDP and De
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class WSDTrainer(Trainer):
         self._handled_step = -1
         self._branch_started_at = 0.0
         self._restart_started: float | None = None
+        self._lr_plot_plan: dict | None = None
         # Wall time of WSD branch switches against the branches' own updates (reported by benchmarks).
         self.branch_seconds = {"snapshot": 0.0, "restore": 0.0, "branch_updates": 0.0}
         self.run_id: str | None = None
@@ -274,7 +276,12 @@ class WSDTrainer(Trainer):
             "run_id": self.run_id,
             "plan": self.plan.to_dict(),
         }
-        plot_lr_schedule(self.plan, folder / "lr_schedule.png", self.args.learning_rate)
+        # The LR curve is the same for every budget of the run: draw it once.
+        lr_plot = self.output_path / runs.BUDGETS_DIR / "lr_schedule.png"
+        if self._lr_plot_plan != self.plan.to_dict():
+            plot_lr_schedule(self.plan, lr_plot, self.args.learning_rate)
+            self._lr_plot_plan = self.plan.to_dict()
+        shutil.copyfile(lr_plot, folder / "lr_schedule.png")
         history = [(e["step"], e["loss"]) for e in self.state.log_history if "loss" in e and e["step"] <= budget.step]
         if history:
             steps, losses = zip(*history)
