@@ -1,0 +1,309 @@
+"""The model card of one budget: ``README.md`` rendered from the budget folder's files and a template.
+
+The card is a pure function of the files on disk (``budget.json``, ``eval_results.json``, the plots and
+the sibling budgets' files) and of the repo id, so rendering it twice gives the same bytes: the trainer
+renders it right after saving a budget, the publisher again with the repo id once the budget is evaluated.
+The template lives in ``model_cards/budget_card.md`` (a copy ships as ``hf_wsd/templates/budget_card.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
+
+from .plan import format_tokens
+
+TEMPLATE_PATH = Path(__file__).parent / "templates" / "budget_card.md"
+BUDGET_FILE = "budget.json"
+EVAL_FILE = "eval_results.json"
+CARD_FILE = "README.md"
+LR_SCHEDULE_IMAGE = "lr_schedule.png"
+LOSS_CURVE_IMAGE = "loss_curve.png"
+MAX_METRIC_COLUMNS = 4  # columns of eval metrics in the table of all budgets
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+_MISSING = "—"
+
+_SCHEDULE_DESCRIPTIONS = {
+    "wsd-s": (
+        "WSD-S (warmup-stable-decay with in-line decays): after a linear warmup the learning rate stays at its peak, "
+        "decays over a short window before each budget, and jumps back to the peak right after it with the optimizer "
+        "state kept, so one run leaves a decayed checkpoint at every budget (Wen et al., 2024)."
+    ),
+    "wsd": (
+        "WSD: after a linear warmup a main branch trains at the peak learning rate; every budget but the last decays "
+        "on a side branch that leaves the main branch at the start of its decay window and never feeds back into it; "
+        "the last budget decays in-line."
+    ),
+    "cyclic-cosine": (
+        "Cyclic cosine: each period between two budgets is one cosine from the peak learning rate down to the final "
+        "ratio (warmup in the first period only)."
+    ),
+    "cosine": "Cosine: one cosine decay from the peak learning rate to this single budget (the per-budget baseline).",
+}
+
+
+def read_budget(budget_dir: str | Path) -> dict:
+    """``budget.json`` of a budget folder; a clear error when the folder has none."""
+    path = Path(budget_dir) / BUDGET_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: the model card renders from the budget's files, so write `{BUDGET_FILE}` "
+            "before calling `write_model_card`."
+        )
+    return json.loads(path.read_text())
+
+
+def read_eval_results(budget_dir: str | Path) -> dict | None:
+    """``eval_results.json`` of a budget folder, or ``None`` when the budget was not evaluated."""
+    path = Path(budget_dir) / EVAL_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def budgets_so_far(budget_dir: str | Path) -> list[tuple[Path, dict]]:
+    """``(folder, budget.json)`` of this budget and of its sibling budgets up to it, by step.
+
+    "Up to it" keeps a budget's card independent of the budgets that come later, so re-rendering it
+    after the run has moved on gives the same card (and publishing it again changes nothing).
+    """
+    budget_dir = Path(budget_dir)
+    this = read_budget(budget_dir)
+    found = {this["name"]: (budget_dir, this)}
+    for sibling in sorted(budget_dir.parent.iterdir()):
+        # Hidden folders are the trainer's half-written temporary budget folders.
+        if sibling == budget_dir or sibling.name.startswith(".") or not (sibling / BUDGET_FILE).is_file():
+            continue
+        try:
+            record = json.loads((sibling / BUDGET_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("step") is not None and record["step"] <= this["step"] and record.get("name") not in found:
+            found[record["name"]] = (sibling, record)
+    return sorted(found.values(), key=lambda item: item[1]["step"])
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(value, spec: str = ".4g") -> str:
+    return format(value, spec) if _finite(value) else _MISSING
+
+
+def _tokens(tokens) -> str:
+    return f"{format_tokens(tokens)} ({tokens:,})" if isinstance(tokens, int) else _MISSING
+
+
+def eval_card_results(eval_results: dict | None) -> list[EvalResult]:
+    """``model-index`` entries for the finite results of ``eval_results.json``."""
+    entries = []
+    for result in (eval_results or {}).get("results", []):
+        if not _finite(result.get("value")):
+            continue
+        task = result.get("task") or "eval"
+        entries.append(
+            EvalResult(
+                task_type=result.get("task_type") or "text-generation",
+                task_name=task,
+                dataset_type=result.get("dataset_type") or task,
+                dataset_name=result.get("dataset_name") or task,
+                metric_type=result.get("metric") or "value",
+                metric_name=result.get("metric") or "value",
+                metric_value=result["value"],
+            )
+        )
+    return entries
+
+
+def _metric_key(result: dict) -> str:
+    return f"{result.get('task')} {result.get('metric')}"
+
+
+def _revision_link(name: str, repo_id: str | None, endpoint: str) -> str:
+    return f"[`{name}`]({endpoint}/{repo_id}/tree/{name})" if repo_id else f"`budgets/{name}`"
+
+
+def _budget_table(budgets: list[tuple[Path, dict]], current: str, repo_id: str | None, endpoint: str):
+    evals = {record["name"]: read_eval_results(folder) or {} for folder, record in budgets}
+    columns: list[str] = []
+    for results in evals.values():
+        for result in results.get("results", []):
+            if _metric_key(result) not in columns and len(columns) < MAX_METRIC_COLUMNS:
+                columns.append(_metric_key(result))
+    rows = []
+    for _, record in budgets:
+        name = record["name"]
+        values = {_metric_key(r): r.get("value") for r in evals[name].get("results", [])}
+        rows.append({
+            "name": f"**{name}**" if name == current else name,
+            "step": f"{record['step']:,}",
+            "tokens": format_tokens(record["tokens"]) if isinstance(record.get("tokens"), int) else _MISSING,
+            "compute": f"{record['compute']:,}" if isinstance(record.get("compute"), int) else _MISSING,
+            "train_loss": _number(record.get("train_loss"), ".4f"),
+            "metrics": [_number(values.get(column)) for column in columns],
+            "revision": _revision_link(name, repo_id, endpoint),
+        })
+    return columns, rows
+
+
+def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> dict:
+    budget = read_budget(budget_dir)
+    evaluation = read_eval_results(budget_dir)
+    name, step = budget["name"], budget["step"]
+    schedule = budget.get("schedule") or "wsd-s"
+    plan = budget.get("plan") or {}
+    total = len(plan.get("resolved") or []) or None
+    position = f"budget {budget.get('index', 0) + 1} of {total}" if total else f"budget {budget.get('index', 0) + 1}"
+    tokens_per_update = budget.get("tokens_per_update")
+    peak_lr, min_ratio = budget.get("peak_lr"), budget.get("min_lr_ratio")
+
+    compute = budget.get("compute")
+    compute_text = f"{compute:,} updates" if isinstance(compute, int) else _MISSING
+    if isinstance(compute, int) and tokens_per_update:
+        compute_text += f" ≈ {format_tokens(compute * tokens_per_update)} tokens"
+    if schedule == "wsd" and isinstance(compute, int) and compute != step:
+        compute_text += " (WSD side-branch decays included)"
+
+    decay_steps, decay_shape = budget.get("decay_steps"), budget.get("decay_shape")
+    decay_window = f"updates {budget.get('decay_start')}–{step} ({decay_steps} updates, {decay_shape})"
+    if budget.get("branch"):
+        decay_window += ", on a side branch of the main run"
+    learning_rate = _MISSING
+    if _finite(peak_lr):
+        learning_rate = f"peak {peak_lr:.3g}"
+        if _finite(min_ratio):
+            learning_rate += f", decayed to {peak_lr * min_ratio:.3g} ({min_ratio:g} × peak)"
+    warmup = budget.get("warmup_steps")
+    num_parameters = budget.get("num_parameters")
+    parameters = f"{num_parameters / 1e6:.3g}M ({num_parameters:,})" if isinstance(num_parameters, int) else None
+
+    eval_rows, eval_note = [], ""
+    if evaluation:
+        for result in evaluation.get("results", []):
+            eval_rows.append({
+                "task": result.get("task", _MISSING),
+                "dataset": result.get("dataset_name") or _MISSING,
+                "metric": result.get("metric", _MISSING),
+                "value": _number(result.get("value")),
+                "stderr": _number(result.get("stderr")),
+                "samples": result.get("samples") if result.get("samples") is not None else _MISSING,
+            })
+        parts = []
+        if evaluation.get("lm_eval_version"):
+            parts.append(f"lm-evaluation-harness {evaluation['lm_eval_version']}")
+        if _finite(evaluation.get("seconds")):
+            parts.append(f"{evaluation['seconds']:.0f} s")
+        eval_note = f"Scored right after the decay ({', '.join(parts)})." if parts else ""
+
+    columns, rows = _budget_table(budgets_so_far(budget_dir), name, repo_id, endpoint)
+    base_model = budget.get("base_model")
+    title = f"{repo_id.split('/')[-1]} · {name}" if repo_id else name
+    tokens = budget.get("tokens")
+    tokens_clause = f" ({format_tokens(tokens)} tokens)" if isinstance(tokens, int) else ""
+    summary = (
+        f"The weights of a `{schedule}` run after **{step:,} optimizer updates**{tokens_clause}, at the end of a "
+        f"{decay_steps}-update {decay_shape} learning-rate decay: "
+        f"{position} of one training run, decayed, evaluated and published by `hf_wsd`."
+    )
+    schedule_description = _SCHEDULE_DESCRIPTIONS.get(schedule, f"Schedule `{schedule}`.")
+    if schedule == "wsd":
+        schedule_description += " This budget decayed " + ("on a side branch." if budget.get("branch") else "in-line.")
+    return {
+        "title": title,
+        "summary": summary,
+        "name": name,
+        "repo_id": repo_id,
+        "position": position,
+        "step": f"{step:,}",
+        "tokens": _tokens(budget.get("tokens")),
+        "compute": compute_text,
+        "decay_window": decay_window,
+        "learning_rate": learning_rate,
+        "warmup": f"{warmup:,} updates, linear" if isinstance(warmup, int) else _MISSING,
+        "train_loss": _number(budget.get("train_loss"), ".4f"),
+        "num_parameters": parameters,
+        "eval_rows": eval_rows,
+        "eval_note": eval_note,
+        "budgets_note": (
+            "Each budget is a branch of this repo; `main` holds the newest one."
+            if repo_id else "Each budget is a folder in the run's `budgets/` directory."
+        ),
+        "budget_columns": columns,
+        "budget_rows": rows,
+        "lr_schedule_image": LR_SCHEDULE_IMAGE if (budget_dir / LR_SCHEDULE_IMAGE).is_file() else None,
+        "loss_curve_image": LOSS_CURVE_IMAGE if (budget_dir / LOSS_CURVE_IMAGE).is_file() else None,
+        "has_tokenizer": any((budget_dir / f).is_file() for f in _TOKENIZER_FILES),
+        "load_path": repo_id or f"budgets/{name}",
+        "load_note": (
+            f"Every budget of the run is a branch (`revision=\"{name}\"` here); `main` holds the newest budget."
+            if repo_id else
+            f"Not published yet: `hf-wsd push OUTPUT_DIR --repo ID` publishes this folder as branch `{name}`."
+        ),
+        "schedule_description": schedule_description,
+        "schedule": schedule,
+        "decay_shape": decay_shape,
+        "min_lr_ratio": min_ratio,
+        "model_description": (
+            f"`{budget.get('model_type') or 'unknown'}`" + (f", {parameters} parameters" if parameters else "")
+        ),
+        "tokens_per_update": f"{tokens_per_update:,}" if isinstance(tokens_per_update, int) else _MISSING,
+        "seed": budget.get("seed", _MISSING),
+        "base_model": base_model,
+        "base_model_url": f"{endpoint}/{base_model}" if base_model else None,
+        "plan_json": json.dumps(plan, indent=2),
+    }
+
+
+def render_model_card(
+    budget_dir: str | Path,
+    repo_id: str | None = None,
+    *,
+    endpoint: str | None = None,
+    template_path: str | Path | None = None,
+) -> ModelCard:
+    """The budget's model card (``ModelCard``): YAML metadata with ``model-index`` eval results, and a body.
+
+    Args:
+        budget_dir: the budget folder (``budget.json`` required, ``eval_results.json`` and plots optional).
+        repo_id: the Hub repo the budget is published to; links and loading snippets use it when given.
+        endpoint: the Hub address used in links (default: ``HF_ENDPOINT``, i.e. https://huggingface.co).
+        template_path: a Jinja template to use instead of ``model_cards/budget_card.md``.
+    """
+    budget_dir = Path(budget_dir)
+    endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
+    budget = read_budget(budget_dir)
+    values = _template_values(budget_dir, repo_id, endpoint)
+    model_name = f"{repo_id.split('/')[-1]}-{budget['name']}" if repo_id else budget["name"]
+    card_data = ModelCardData(
+        model_name=model_name,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["hf-wsd", budget.get("schedule") or "wsd-s"],
+        base_model=budget.get("base_model") or None,
+        eval_results=eval_card_results(read_eval_results(budget_dir)) or None,
+    )
+    return ModelCard.from_template(card_data, template_path=str(template_path or TEMPLATE_PATH), **values)
+
+
+def write_model_card(
+    budget_dir: str | Path,
+    repo_id: str | None = None,
+    *,
+    endpoint: str | None = None,
+    template_path: str | Path | None = None,
+) -> Path:
+    """Render the budget's card (see :func:`render_model_card`) into ``budget_dir/README.md``; returns its path.
+
+    Idempotent: the same files and ``repo_id`` give the same bytes, and the file is only rewritten when they change.
+    """
+    path = Path(budget_dir) / CARD_FILE
+    content = str(render_model_card(budget_dir, repo_id, endpoint=endpoint, template_path=template_path))
+    if not content.endswith("\n"):
+        content += "\n"
+    if not path.is_file() or path.read_text(encoding="utf-8") != content:
+        tmp = path.with_name(f".{CARD_FILE}.tmp")
+        tmp.write_text(content, encoding="utf-8")
+        tmp.replace(path)
+    return path
