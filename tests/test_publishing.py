@@ -245,3 +245,16 @@ def test_remote_files_compare_by_sha256_when_lfs_and_git_sha1_otherwise(tmp_path
     assert _same_file(local, RepoFile(path=local.name, size=len(content), oid=git_hash(content)))
     assert not _same_file(local, RepoFile(path=local.name, size=len(content) + 1, oid=git_hash(content)))
     assert not _same_file(local, None)
+
+
+def test_publisher_reads_the_hub_fields_of_training_arguments(tmp_path):
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "my-run"), push_to_hub=True, hub_token=HUB_TOKEN, hub_private_repo=True, report_to=[]
+    )
+    publisher = HubPublisher.from_args(args)
+    assert publisher.repo_id == "my-run"  # resolved to the token's namespace on first contact
+    assert publisher.uploader.private is True and publisher.uploader.api.token == HUB_TOKEN
+    args.hub_model_id = "my-org/tiny"
+    assert HubPublisher.from_args(args).repo_id == "my-org/tiny"
