@@ -177,7 +177,8 @@ class LocalHub:
             if repo_id in self.repos:
                 return self.repos[repo_id], False
             repo = Repo(repo_id, private)
-            initial = self._new_commit(repo, None, "initial commit", "", {".gitattributes": self._store_blob(GITATTRIBUTES)})
+            files = {".gitattributes": self._store_blob(GITATTRIBUTES)}
+            initial = self._new_commit(repo, None, "initial commit", "", files)
             repo.branches["main"] = initial.oid
             self.repos[repo_id] = repo
             return repo, True
@@ -249,7 +250,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             for route_method, pattern, handler in _ROUTES:
                 match = re.fullmatch(pattern, url.path)
-                if route_method == method or (route_method == "GET" and method == "HEAD" and handler is _Handler.resolve):
+                head_of_get = route_method == "GET" and method == "HEAD" and handler is _Handler.resolve
+                if route_method == method or head_of_get:
                     if match:
                         handler(self, **{k: unquote(v) for k, v in match.groupdict().items() if v is not None})
                         return
