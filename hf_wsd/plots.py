@@ -66,3 +66,42 @@ def plot_curves(
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+# ------------------------------------------------------------------------------ comparison figures (recipes)
+def plot_panels(
+    panels: dict[str, dict[str, tuple]],
+    path: str | Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    marks: Sequence[float] = (),
+    ylim: tuple[float | None, float | None] | None = None,
+) -> Path:
+    """Stacked panels sharing both axes: ``{panel title: {curve label: (xs, ys) or (xs, ys, line kwargs)}}``.
+
+    Labels starting with ``_`` stay out of the legend (matplotlib's rule), so repeated pieces such as WSD
+    branches share one entry. ``marks`` are vertical lines drawn in every panel; returns the PNG path.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 0.4 + 1.9 * len(panels)), dpi=100, sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, (panel, curves) in zip(axes[:, 0], panels.items()):
+        for label, curve in curves.items():
+            xs, ys, style = (*curve, {}) if len(curve) == 2 else curve
+            ax.plot(list(xs), list(ys), label=label, lw=1.2, **style)
+        for mark in marks:
+            ax.axvline(mark, color="grey", lw=0.6, ls=":")
+        ax.set_title(panel, fontsize=9, loc="left")
+        ax.set_ylabel(ylabel, fontsize=8)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        if any(not label.startswith("_") for label in curves):
+            ax.legend(fontsize=7, frameon=False, loc="upper right", ncol=2)
+    axes[-1, 0].set_xlabel(xlabel)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
