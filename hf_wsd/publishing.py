@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_url
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token, hf_hub_url
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status, tqdm
@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LEDGER_FILE = "published.json"
+# `Trainer.save_model` writes `training_args.bin`, a pickle of the TrainingArguments: it can hold `hub_token`, and
+# loading it runs arbitrary code. A budget branch is a `from_pretrained` folder and does not need it.
+NEVER_PUBLISHED = frozenset({"training_args.bin"})
+SECRET_SCAN_MAX_BYTES = 50 * 1024 * 1024
 BUDGETS_DIR = "budgets"
 MAIN_BRANCH = "main"
 DEFAULT_MAX_RETRIES = 5
@@ -167,13 +171,33 @@ def budget_folders(budgets_dir: str | Path) -> list[Path]:
 
 
 def _local_files(folder: Path) -> dict[str, Path]:
-    """Files to publish: everything in the folder but hidden files (temporary files, caches)."""
+    """Files to publish: everything in the folder but hidden files (temporary files) and :data:`NEVER_PUBLISHED`."""
     files = {}
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
-        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+        if (
+            path.is_file()
+            and not any(part.startswith(".") for part in relative.parts)
+            and relative.name not in NEVER_PUBLISHED
+        ):
             files[relative.as_posix()] = path
     return files
+
+
+class SecretInUploadError(ValueError):
+    """A file about to be published contains the Hub token; nothing is committed."""
+
+
+def _check_no_secret(files: dict[str, Path], token: str | None) -> None:
+    """Refuse to publish a file holding the token (weights are not scanned: too big, and never hold it)."""
+    if not token:
+        return
+    needle = token.encode()
+    for path_in_repo, path in files.items():
+        if path.stat().st_size <= SECRET_SCAN_MAX_BYTES and needle in path.read_bytes():
+            raise SecretInUploadError(
+                f"refusing to publish {path}: it contains the Hub token. Remove the token from it and publish again."
+            )
 
 
 def _same_file(local: Path, remote: RepoFile | None) -> bool:
@@ -234,6 +258,9 @@ class BudgetUploader:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
+    def _token(self) -> str | None:
+        return self.api.token or get_token()
+
     def ensure_repo(self) -> str:
         if self._repo_id is None:
             url = self.api.create_repo(self.requested_repo_id, private=self.private, exist_ok=True)
@@ -279,6 +306,7 @@ class BudgetUploader:
         if not additions and not deletions:
             logger.info("%s@%s already holds %s; nothing to commit", repo_id, branch, folder.name)
             return head
+        _check_no_secret({op.path_in_repo: local[op.path_in_repo] for op in additions}, self._token())
         info = self.api.create_commit(
             repo_id, additions + deletions, commit_message=message, revision=branch, parent_commit=head,
             commit_description=f"Budget folder `{folder.name}`, published by hf_wsd.",

@@ -258,3 +258,20 @@ def test_publisher_reads_the_hub_fields_of_training_arguments(tmp_path):
     assert publisher.uploader.private is True and publisher.uploader.api.token == HUB_TOKEN
     args.hub_model_id = "my-org/tiny"
     assert HubPublisher.from_args(args).repo_id == "my-org/tiny"
+
+
+def test_files_holding_the_token_are_never_published(local_hub, budget_dirs, tmp_path):
+    import pickle
+    from types import SimpleNamespace
+
+    # Trainer.save_model pickles the TrainingArguments, hub_token included, next to the weights.
+    (budget_dirs[0] / "training_args.bin").write_bytes(pickle.dumps(SimpleNamespace(hub_token=HUB_TOKEN)))
+    (budget_dirs[1] / "notes.txt").write_text(f"pushed with {HUB_TOKEN}\n")
+    args = training_args(tmp_path / "run", REPO)
+    with pytest.raises(UnpublishedBudgetsError) as raised:
+        _run(HubPublisher.from_args(args, **FAST), budget_dirs, args)
+    assert list(raised.value.failures) == [budget_dirs[1].name]
+    assert "contains the Hub token" in str(raised.value) and HUB_TOKEN not in str(raised.value)
+    assert "training_args.bin" not in local_hub.branch_files(REPO, budget_dirs[0].name)
+    assert not any(HUB_TOKEN.encode() in blob for blob in local_hub.blobs.values())
+    assert local_hub.commit_count(REPO, budget_dirs[1].name) == 0
