@@ -174,7 +174,7 @@ def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> di
     if _finite(peak_lr):
         learning_rate = f"peak {peak_lr:.3g}"
         if _finite(min_ratio):
-            learning_rate += f", decayed to {peak_lr * min_ratio:.3g} ({min_ratio:g} × peak)"
+            learning_rate += f", decayed to {peak_lr * min_ratio:.3g}" + (f" ({min_ratio:g} × peak)" if min_ratio else "")
     warmup = budget.get("warmup_steps")
     num_parameters = budget.get("num_parameters")
     parameters = f"{num_parameters / 1e6:.3g}M ({num_parameters:,})" if isinstance(num_parameters, int) else None
@@ -205,7 +205,7 @@ def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> di
     summary = (
         f"The weights of a `{schedule}` run after **{step:,} optimizer updates**{tokens_clause}, at the end of a "
         f"{decay_steps}-update {decay_shape} learning-rate decay: "
-        f"{position} of one training run, decayed, evaluated and published by `hf_wsd`."
+        f"{position} of one `hf_wsd` training run."
     )
     schedule_description = _SCHEDULE_DESCRIPTIONS.get(schedule, f"Schedule `{schedule}`.")
     if schedule == "wsd":
