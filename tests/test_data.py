@@ -38,11 +38,12 @@ def test_heldout_documents_are_never_trained_on():
 
 def test_same_arguments_give_identical_blocks_and_reuse_the_cached_tokenizer(tmp_path, caplog):
     documents = tiny_corpus(40)
+    settings = dict(vocab_size=300, block_size=32, heldout_fraction=0.1, cache_dir=tmp_path)
     with caplog.at_level(logging.INFO, logger="hf_wsd.data"):
-        first = data.build_lm_datasets(documents, vocab_size=300, block_size=32, heldout_fraction=0.1, cache_dir=tmp_path)
+        first = data.build_lm_datasets(documents, **settings)
         assert "Trained a" in caplog.text
         caplog.clear()
-        second = data.build_lm_datasets(documents, vocab_size=300, block_size=32, heldout_fraction=0.1, cache_dir=tmp_path)
+        second = data.build_lm_datasets(documents, **settings)
         assert "Loading cached tokenizer" in caplog.text and "Trained a" not in caplog.text
     assert first.train["input_ids"] == second.train["input_ids"]
     assert first.heldout["input_ids"] == second.heldout["input_ids"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import textwrap
-from pathlib import Path
 
 import pytest
 from _fixtures import FakeArgs, budget_event, fake_trainer, kjv_chapters, tiny_lm_data, tiny_model, trainer_state

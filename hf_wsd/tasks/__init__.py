@@ -134,7 +134,8 @@ def _cloze_examples(documents, n_examples, rng, guard) -> list[dict]:
                 continue
             target = words[-1]
             # The target is a whole word ending its sentence ("...the earth." → "earth").
-            if target.start() == 0 or not text[target.start() - 1].isspace() or text[target.end() : b].strip("\"')]") not in (".", "!", "?"):
+            whole_word = target.start() > 0 and text[target.start() - 1].isspace()
+            if not whole_word or text[target.end() : b].strip("\"')]") not in (".", "!", "?"):
                 continue
             start = _context_start(text, spans, i, target.start())
             if start is not None:
@@ -208,17 +209,20 @@ def build_bundled_tasks(
         examples = builders[name](documents, n_examples, rng, guard)
         if not examples:
             raise ValueError(
-                f"the held-out documents yield no example for {name!r}; raise `heldout_fraction` or use longer documents."
+                f"the held-out documents yield no example for {name!r}; raise `heldout_fraction` or use longer "
+                "documents."
             )
         if len(examples) < n_examples:
-            logger.warning("%s: only %d of %d examples from %d held-out documents", name, len(examples), n_examples, len(documents))
+            logger.warning("%s: only %d of %d examples from %d held-out documents",
+                           name, len(examples), n_examples, len(documents))
         data_file = directory / f"{name}.jsonl"
         with data_file.open("w", encoding="utf-8") as handle:
             for example in examples:
                 handle.write(json.dumps(example, ensure_ascii=False) + "\n")
         config = task_config(name, data_file, directory / ".datasets_cache")
         (directory / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-        manifest["tasks"][name] = {"examples": len(examples), "rejected_as_in_training": guard.rejected - rejected_before}
+        manifest["tasks"][name] = {"examples": len(examples),
+                                   "rejected_as_in_training": guard.rejected - rejected_before}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("Built bundled tasks in %s: %s", directory, manifest["tasks"])
     return list(tasks)

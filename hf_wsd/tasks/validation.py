@@ -118,7 +118,9 @@ def validate_tasks(
         if not Path(path).is_dir():
             raise ValueError(f"{given!r} in `eval_task_paths` is not a directory; give folders of lm-eval task YAMLs.")
         if not any(Path(path).rglob("*.yaml")):
-            raise ValueError(f"{given!r} in `eval_task_paths` holds no *.yaml task file; add task configs or remove it.")
+            raise ValueError(
+                f"{given!r} in `eval_task_paths` holds no *.yaml task file; add task configs or remove it."
+            )
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"`eval_tasks` lists {duplicates} more than once; remove the duplicates.")
