@@ -55,6 +55,26 @@ class WSDConfig(TrainingArguments):
         eval_batch_size (`int`, *optional*, defaults to `8`):
             Batch size of lm-eval.
 
+    Parameters that control parameter-efficient training (LoRA adapters; see `hf_wsd/lean.py` and docs/lean.md):
+        use_peft (`bool`, *optional*, defaults to `False`):
+            Train a LoRA adapter on the frozen model (`peft.get_peft_model`, as TRL's `SFTTrainer` does); passing
+            `peft_config=` to `WSDTrainer` does the same with any PEFT config. Budget folders and checkpoints then
+            hold the adapter only; `budget.json` and the card name the base model and how to load the adapter.
+        lora_r (`int`, *optional*, defaults to `16`):
+            LoRA rank.
+        lora_alpha (`int`, *optional*, defaults to `32`):
+            LoRA scaling numerator (the update is scaled by `lora_alpha / lora_r`).
+        lora_dropout (`float`, *optional*, defaults to `0.05`):
+            Dropout on the LoRA input.
+        lora_target_modules (`list[str]` or `None`, *optional*, defaults to `None`):
+            Modules that get an adapter: names, one regex, or `["all-linear"]`; `None`: PEFT's default for the
+            architecture (`q_proj`, `v_proj` for Llama).
+        lora_modules_to_save (`list[str]` or `None`, *optional*, defaults to `None`):
+            Modules trained in full and saved with the adapter (e.g. `["embed_tokens", "lm_head"]` for a new vocabulary).
+        save_merged_budgets (`bool`, *optional*, defaults to `False`):
+            Also write each budget's base weights with the adapter merged in to `{budget}/merged/` (loads with
+            `AutoModelForCausalLM`; holds a second copy of the model in memory while it is written).
+
     Parameters that control the run:
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):
             Start a new run in an `output_dir` that already holds one (its budget folders are replaced as the
@@ -81,6 +101,13 @@ class WSDConfig(TrainingArguments):
     eval_task_paths: list[str] = field(default_factory=list, metadata={"help": "Directories of local lm-eval task YAMLs."})
     eval_limit: int | None = field(default=None, metadata={"help": "At most this many examples per lm-eval task."})
     eval_batch_size: int = field(default=8, metadata={"help": "Batch size of lm-eval."})
+    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter on the frozen model (budgets hold the adapter only)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the update is scaled by lora_alpha / lora_r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "Modules with an adapter: names, one regex, or all-linear; default: PEFT's per-architecture choice."})
+    lora_modules_to_save: list[str] | None = field(default=None, metadata={"help": "Modules trained in full and saved with the adapter."})
+    save_merged_budgets: bool = field(default=False, metadata={"help": "Also save each budget with the adapter merged in, in {budget}/merged/."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over in an output_dir that holds another run."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X updates (below 1: a ratio of the run)."})
     save_steps: float = field(default=1000, metadata={"help": "Save a resumable checkpoint every X updates."})
