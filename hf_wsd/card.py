@@ -235,6 +235,7 @@ def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> di
         "lr_schedule_image": LR_SCHEDULE_IMAGE if (budget_dir / LR_SCHEDULE_IMAGE).is_file() else None,
         "loss_curve_image": LOSS_CURVE_IMAGE if (budget_dir / LOSS_CURVE_IMAGE).is_file() else None,
         "has_tokenizer": any((budget_dir / f).is_file() for f in _TOKENIZER_FILES),
+        "adapter": budget.get("adapter"),  # lean runs (hf_wsd/lean.py): an adapter-only budget
         "load_path": repo_id or f"budgets/{name}",
         "load_note": (
             f"Every budget of the run is a branch (`revision=\"{name}\"` here); `main` holds the newest budget."
@@ -278,7 +279,7 @@ def render_model_card(
     model_name = f"{repo_id.split('/')[-1]}-{budget['name']}" if repo_id else budget["name"]
     card_data = ModelCardData(
         model_name=model_name,
-        library_name="transformers",
+        library_name="peft" if budget.get("adapter") else "transformers",  # adapter-only budgets load with peft
         pipeline_tag="text-generation",
         tags=["hf-wsd", budget.get("schedule") or "wsd-s"],
         base_model=budget.get("base_model") or None,

@@ -69,6 +69,8 @@ def prepare_model(model: Any, args: "WSDConfig", peft_config: "PeftConfig | None
         )
     peft_config = peft_config if peft_config is not None else lora_config_from_args(args)
     if peft_config is None:
+        if args.save_merged_budgets and not is_peft_model(model):
+            logger.warning("`save_merged_budgets` has no effect without an adapter: budget folders hold full weights.")
         return model
     if is_peft_model(model):
         raise ValueError(

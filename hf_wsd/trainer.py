@@ -19,7 +19,7 @@ from pathlib import Path
 
 from transformers import Trainer
 
-from . import runs
+from . import lean, runs
 from .config import WSDConfig
 from .events import BudgetReached
 from .lr_scheduler import BudgetPlanLR, get_budget_plan_scheduler
@@ -31,10 +31,14 @@ logger = logging.getLogger(__name__)
 class WSDTrainer(Trainer):
     """Drop-in ``Trainer`` for WSD / WSD-S pretraining: ``args`` is a :class:`WSDConfig`.
 
-    Extra keyword: ``plan`` — a ready :class:`BudgetPlan` overriding the one built from ``args``.
+    Extra keywords: ``plan`` — a ready :class:`BudgetPlan` overriding the one built from ``args``;
+    ``peft_config`` — a PEFT config (e.g. ``LoraConfig``): the model is wrapped with ``get_peft_model`` and budgets
+    hold the adapter only (see :mod:`hf_wsd.lean`; ``use_peft`` in ``args`` does the same from config fields).
     """
 
-    def __init__(self, model=None, args: WSDConfig | None = None, *pargs, plan: BudgetPlan | None = None, **kwargs):
+    def __init__(
+        self, model=None, args: WSDConfig | None = None, *pargs, plan: BudgetPlan | None = None, peft_config=None, **kwargs
+    ):
         if not isinstance(args, WSDConfig):
             raise TypeError(f"WSDTrainer needs `args` to be a WSDConfig; got {type(args).__name__}.")
         optimizers = kwargs.get("optimizers", (None, None))
@@ -42,7 +46,13 @@ class WSDTrainer(Trainer):
             raise ValueError("`optimizers`: WSDTrainer builds the LR scheduler from the budget plan; pass (optimizer, None).")
         if args.schedule == "wsd" and args.save_only_model:
             raise ValueError("`save_only_model=True` cannot restore WSD branches (they need optimizer state); set it to False.")
+        model = lean.prepare_model(model, args, peft_config)  # PEFT adapters: hf_wsd/lean.py
         super().__init__(model, args, *pargs, **kwargs)
+        if args.save_merged_budgets and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            raise ValueError(
+                "`save_merged_budgets` merges an in-memory copy of the model, which FSDP and DeepSpeed shard: set it to "
+                "False and merge a budget's adapter afterwards (PeftModel.from_pretrained(...).merge_and_unload())."
+            )
         self.plan = plan if plan is not None else args.build_plan(self._tokens_per_update())
         self.args.max_steps = self.plan.total_steps
         self.output_path = Path(self.args.output_dir)
@@ -100,6 +110,11 @@ class WSDTrainer(Trainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Resumable checkpoints stay local; budgets are published by :class:`~hf_wsd.publishing.HubPublisher`."""
 
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        lean.forget_stale_bnb_overrides(optimizer)  # bitsandbytes: a run must not depend on earlier runs in the process
+        return optimizer
+
     def create_scheduler(self, num_training_steps: int, optimizer=None) -> BudgetPlanLR:
         if self.lr_scheduler is None:
             self.lr_scheduler = get_budget_plan_scheduler(optimizer or self.optimizer, self.plan)
@@ -147,7 +162,7 @@ class WSDTrainer(Trainer):
             record = {"run_id": saved["run_id"], "plan": self.plan.to_dict()}
             if old_plan != self.plan:
                 logger.info("Extending the run: %r → %r, from %s", old_plan, self.plan, checkpoint)
-        self.run_id = record["run_id"]
+        self.run_id = self._from_main(record["run_id"])
         if self.args.should_save:
             (output_dir / runs.BUDGETS_DIR).mkdir(parents=True, exist_ok=True)
             runs.write_json(output_dir / runs.PLAN_FILE, record)
@@ -219,7 +234,15 @@ class WSDTrainer(Trainer):
                 return
 
     def _written(self, budget: Budget) -> bool:
-        return runs.budget_is_written(self.output_path, budget, self.run_id)
+        """Decided on the main process (it owns the budget folders) so that every rank takes the same path."""
+        return self._from_main(runs.budget_is_written(self.output_path, budget, self.run_id))
+
+    def _from_main(self, value):
+        if self.accelerator.num_processes == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
 
     # ------------------------------------------------------------------------------------------- budgets
     def _reach_budget(self, budget: Budget) -> None:
@@ -229,7 +252,7 @@ class WSDTrainer(Trainer):
             logger.info("%s was written before this resume; not rewriting it.", budget.name)
             return
         tmp = folder.with_name(f".tmp-{budget.name}")  # moved into place only once complete
-        self.save_model(str(tmp))  # every rank: FSDP and DeepSpeed gather the weights collectively
+        self.save_model(str(tmp), _internal_call=True)  # every rank: FSDP and DeepSpeed gather the weights collectively
         if self.args.should_save:
             self._write_budget_files(budget, tmp)
             runs.finalize_folder(tmp, folder)
@@ -276,6 +299,13 @@ class WSDTrainer(Trainer):
             "run_id": self.run_id,
             "plan": self.plan.to_dict(),
         }
+        # Lean runs (hf_wsd/lean.py): an adapter-only budget names its base model and how to load it.
+        record["optim"] = getattr(self.args.optim, "value", self.args.optim)
+        record["base_model"] = record["base_model"] or lean.base_model_name(model)
+        merged = self.args.save_merged_budgets and lean.is_peft_model(model)
+        if merged:
+            lean.save_merged(model, folder / lean.MERGED_DIR, self.processing_class)
+        record["adapter"] = lean.adapter_record(model, budget.name, record["base_model"], merged)
         # The LR curve is the same for every budget of the run: draw it once.
         lr_plot = self.output_path / runs.BUDGETS_DIR / "lr_schedule.png"
         if self._lr_plot_plan != self.plan.to_dict():
