@@ -77,23 +77,35 @@ def plot_panels(
     title: str = "",
     marks: Sequence[float] = (),
     ylim: tuple[float | None, float | None] | None = None,
+    sharey: bool = True,
+    logx: bool = False,
+    ylabels: Sequence[str] | None = None,
 ) -> Path:
-    """Stacked panels sharing both axes: ``{panel title: {curve label: (xs, ys) or (xs, ys, line kwargs)}}``.
+    """Stacked panels sharing the x axis: ``{panel title: {curve label: (xs, ys) or (xs, ys, line kwargs)}}``.
 
     Labels starting with ``_`` stay out of the legend (matplotlib's rule), so repeated pieces such as WSD
-    branches share one entry. ``marks`` are vertical lines drawn in every panel; returns the PNG path.
+    branches share one entry. ``marks`` are vertical lines drawn in every panel (and, with ``logx``, the x
+    ticks of a base-2 log axis); ``ylabels`` name each panel's y axis instead of ``ylabel``. Returns the PNG path.
     """
     plt = _pyplot()
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 0.4 + 1.9 * len(panels)), dpi=100, sharex=True, sharey=True,
-                             squeeze=False)
-    for ax, (panel, curves) in zip(axes[:, 0], panels.items()):
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 0.4 + 1.9 * len(panels)), dpi=100, sharex=True,
+                             sharey=sharey, squeeze=False)
+    for number, (ax, (panel, curves)) in enumerate(zip(axes[:, 0], panels.items())):
         for label, curve in curves.items():
             xs, ys, style = (*curve, {}) if len(curve) == 2 else curve
             ax.plot(list(xs), list(ys), label=label, lw=1.2, **style)
         for mark in marks:
             ax.axvline(mark, color="grey", lw=0.6, ls=":")
         ax.set_title(panel, fontsize=9, loc="left")
-        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_ylabel(ylabel if ylabels is None else ylabels[number], fontsize=8)
+        if logx:
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+            ax.set_xscale("log", base=2)
+            if marks:
+                ax.set_xticks(list(marks))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         if ylim is not None:
             ax.set_ylim(*ylim)
         if any(not label.startswith("_") for label in curves):
