@@ -42,7 +42,7 @@ from pretrain import build_model, parse as parse_recipe  # noqa: E402  (the pret
 from hf_wsd import WSDTrainer  # noqa: E402
 from hf_wsd.data import build_lm_datasets  # noqa: E402
 from hf_wsd.plan import BudgetPlan, format_tokens  # noqa: E402
-from hf_wsd.plots import plot_curves, plot_panels  # noqa: E402
+from hf_wsd.plots import plot_panels  # noqa: E402
 from hf_wsd.runs import plan_from_dict  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -302,14 +302,18 @@ def _loss_points(history: list[dict], up_to: int | None = None) -> tuple[list[in
 
 def write_plots(output_dir: Path, rows: list[dict], records: dict, methods: list[str], reference: BudgetPlan) -> None:
     marks = [b.step for b in reference.budgets]
-    # Held-out loss of each checkpoint against the updates spent to obtain it.
-    curves = {}
-    for method in methods:
-        points = sorted((r["compute"], r["heldout_loss"]) for r in rows if r["method"] == method and r.get("heldout_loss") is not None)
-        if points:
-            curves[LABELS[method]] = tuple(zip(*points))
-    plot_curves(curves, output_dir / "heldout_vs_compute.png", "updates spent to obtain the checkpoint", "held-out loss",
-                title="held-out loss of each decayed checkpoint", marks=marks)
+    # Held-out loss of each checkpoint against the updates spent to obtain it, and relative to the cosine oracle.
+    losses, gaps = {}, {}
+    for number, method in enumerate(methods):
+        mine = sorted((r["compute"], r["heldout_loss"], r["gap_vs_cosine_pct"]) for r in rows if r["method"] == method)
+        style = {"marker": "o", "ms": 4, "color": f"C{number}"}
+        losses[LABELS[method]] = ([c for c, _, _ in mine], [l for _, l, _ in mine], style)
+        gaps["_" + LABELS[method]] = ([c for c, _, g in mine if g is not None], [g for _, _, g in mine if g is not None], style)
+    panels = {"held-out loss of each decayed checkpoint": losses}
+    if "cosine" in methods:
+        panels["relative to the cosine oracle of the same budget"] = gaps
+    plot_panels(panels, output_dir / "heldout_vs_compute.png", "updates spent to obtain the checkpoint (log scale)",
+                "held-out loss", marks=marks, sharey=False, logx=True, ylabels=["held-out loss", "Δ loss (%)"][: len(panels)])
 
     # LR curves: one panel per method; WSD's side branches dashed, the cosine oracle's runs overlaid.
     peak = records[methods[0]][0]["peak_lr"]
