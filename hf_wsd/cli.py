@@ -46,8 +46,11 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
+    import logging
+
     from .publishing import push_pending
 
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     return push_pending(args.output_dir, repo_id=args.repo, private=args.private)
 
 

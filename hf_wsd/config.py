@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -136,26 +137,22 @@ class WSDConfig(TrainingArguments):
             self.max_steps = 1  # placeholder so TrainingArguments accepts the config; WSDTrainer sets the real value
         super().__post_init__()
 
-    def warmup_updates(self, total_steps: int) -> int:
-        """``warmup_steps`` in updates (a value below 1 is a ratio of ``total_steps``)."""
-        return self.get_warmup_steps(total_steps)
+    def __getstate__(self) -> dict:
+        """Pickles (``training_args.bin`` in every checkpoint and budget folder) never carry the Hub token."""
+        state = self.__dict__.copy()
+        state["hub_token"] = None
+        return state
 
     def build_plan(self, tokens_per_update: int | None) -> BudgetPlan:
         """The budget plan of this config, for ``tokens_per_update`` tokens per optimizer update."""
-        last = None
-        if self.warmup_steps < 1 and self.warmup_steps > 0:
-            # A ratio of the run: resolve it against the last budget.
-            last = BudgetPlan(
-                self.budgets, schedule=self.schedule if self.schedule != "cosine" else "cosine",
-                warmup_steps=0, decay_fraction=self.decay_fraction, decay_steps=self.decay_steps,
-                budget_unit=self.budget_unit, tokens_per_update=tokens_per_update,
-                decay_shape=self.decay_shape,
-            ).total_steps
-        warmup = int(self.warmup_steps) if last is None else self.get_warmup_steps(last)
+        warmup = self.warmup_steps
+        if 0 < warmup < 1:  # a ratio of the run, as in TrainingArguments: resolve it against the last budget
+            probe = BudgetPlan(self.budgets, decay_steps=1, budget_unit=self.budget_unit, tokens_per_update=tokens_per_update)
+            warmup = math.ceil(probe.total_steps * warmup)
         return BudgetPlan(
             budgets=self.budgets,
             schedule=self.schedule,
-            warmup_steps=warmup,
+            warmup_steps=int(warmup),
             decay_fraction=self.decay_fraction,
             decay_steps=self.decay_steps,
             decay_shape=self.decay_shape,

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, HfArgumentParser, LlamaConfig, LlamaForCausalLM, set_seed
 
@@ -60,6 +61,8 @@ def parse(argv: list[str]) -> tuple[DataArguments, ModelArguments, WSDConfig]:
     unknown = sorted(set(defaults) - known)
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(unknown)} in {config_path}")
+    # Without a GPU, transformers only joins a multi-process (gloo) launch when told to use the CPU.
+    parser.set_defaults(use_cpu=not torch.cuda.is_available())
     parser.set_defaults(**defaults)
     return parser.parse_args_into_dataclasses(args=overrides)
 
@@ -109,7 +112,9 @@ def main(argv: list[str]) -> None:
         from hf_wsd.tasks import build_bundled_tasks
 
         task_dir = Path(args.output_dir) / "eval_tasks"
-        names = build_bundled_tasks(data.heldout_documents, task_dir, n_examples=data_args.bundled_task_examples, seed=args.seed)
+        names = build_bundled_tasks(
+            data.heldout_documents, task_dir, data_args.bundled_task_examples, args.seed, train_documents=data.train_documents
+        )
         args.eval_task_paths = [*args.eval_task_paths, str(task_dir)]
         args.eval_tasks = [*args.eval_tasks, *[n for n in names if n not in args.eval_tasks]]
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,29 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Trained tokenizers are cached per test session, never in the user's ~/.cache.
+os.environ["HF_WSD_CACHE"] = tempfile.mkdtemp(prefix="hf_wsd-cache-")
+
+from _hub import local_hub, tiny_model_dirs  # noqa: E402,F401  (fixtures)
+
+REPO = Path(__file__).resolve().parents[1]
+# The default recipe shrunk to seconds: a 120-chapter corpus, 512-token vocabulary, a 1-layer Llama.
+TINY_RECIPE = [
+    "--vocab_size", "512", "--block_size", "32", "--hidden_size", "32", "--intermediate_size", "64",
+    "--num_hidden_layers", "1", "--num_attention_heads", "2", "--num_key_value_heads", "2",
+    "--warmup_steps", "2", "--logging_steps", "5", "--save_steps", "1000", "--disable_tqdm", "true",
+    "--bundled_task_examples", "24", "--max_eval_blocks", "16", "--eval_batch_size", "16",
+]
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """The first 120 chapters of the embedded KJV as a local JSONL corpus."""
+    from hf_wsd.data import kjv_documents
+
+    path = tmp_path_factory.mktemp("corpus") / "kjv120.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in kjv_documents()[:120]))
+    return path
 
 
 @pytest.fixture(scope="session")

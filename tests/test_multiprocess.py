@@ -1,0 +1,52 @@
+"""Two processes on CPU (gloo DDP) through the real recipe: same budgets, one writer, one publisher."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _hub import HUB_TOKEN
+from conftest import REPO, TINY_RECIPE
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+LAUNCH_2 = [
+    sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+]
+
+
+def run_recipe(prefix: list[str], out, corpus, schedule: str, per_device_batch: int, env=None, extra=()):
+    command = [*prefix, str(REPO / "recipes" / "pretrain.py"), "--corpus", str(corpus), "--output_dir", str(out),
+               "--budgets", "10", "20", "--schedule", schedule, "--budget_eval", "false",
+               "--per_device_train_batch_size", str(per_device_batch), *TINY_RECIPE, *extra]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize("schedule", ["wsd-s", "wsd"])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, small_corpus, local_hub, schedule):
+    publish = schedule == "wsd"  # one publisher for the harder case (branches restart training)
+    env = {"HF_ENDPOINT": local_hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_TOKEN": HUB_TOKEN} if publish else None
+    extra = ["--push_to_hub", "true", "--hub_model_id", "tester/ddp"] if publish else []
+    ddp = run_recipe(LAUNCH_2, tmp_path / "ddp", small_corpus, schedule, 4, env, extra)
+    run_recipe([sys.executable], tmp_path / "single", small_corpus, schedule, 8)
+
+    names = sorted(p.name for p in (tmp_path / "single" / "budgets").iterdir() if p.name.startswith("step"))
+    assert names == sorted(p.name for p in (tmp_path / "ddp" / "budgets").iterdir() if p.name.startswith("step"))
+    assert [n.split("-")[0] for n in names] == ["step10", "step20"]
+    assert names[0].endswith("tokens2.56K")  # 10 updates × 2 processes × 4 × 32 tokens
+    assert ddp.stdout.count("Budgets (decayed checkpoints):") == 1  # one summary: the main process
+    for name in names:
+        two = load_file(tmp_path / "ddp" / "budgets" / name / "model.safetensors")
+        one = load_file(tmp_path / "single" / "budgets" / name / "model.safetensors")
+        for key in one:
+            assert torch.allclose(two[key], one[key], atol=1e-5, rtol=0), f"{name}/{key}"
+    if publish:
+        for name in names:  # one publisher: exactly one commit per budget branch
+            assert local_hub.commit_count("tester/ddp", name) == 1
