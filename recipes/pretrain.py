@@ -89,7 +89,7 @@ def build_model(model_args: ModelArguments, tokenizer, block_size: int):
     return LlamaForCausalLM(config)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> WSDTrainer:
     data_args, model_args, args = parse(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
@@ -128,6 +128,7 @@ def main(argv: list[str]) -> None:
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     if trainer.is_world_process_zero():
         print_summary(Path(args.output_dir))
+    return trainer
 
 
 def print_summary(output_dir: Path) -> None:
