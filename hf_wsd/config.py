@@ -68,8 +68,8 @@ class WSDConfig(TrainingArguments):
         lora_dropout (`float`, *optional*, defaults to `0.05`):
             Dropout on the LoRA input.
         lora_target_modules (`list[str]` or `None`, *optional*, defaults to `None`):
-            Modules that get an adapter: names, one regex, or `["all-linear"]`; `None`: PEFT's default for the
-            architecture (`q_proj`, `v_proj` for Llama).
+            Modules that get an adapter: names (`["q_proj", "v_proj"]`), one regex over full module names, or
+            `["all-linear"]`; `None`: PEFT's default for the architecture (`q_proj`, `v_proj` for Llama).
         lora_modules_to_save (`list[str]` or `None`, *optional*, defaults to `None`):
             Modules trained in full and saved with the adapter (e.g. `["embed_tokens", "lm_head"]` for a new vocabulary).
         save_merged_budgets (`bool`, *optional*, defaults to `False`):

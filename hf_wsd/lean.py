@@ -47,8 +47,8 @@ def lora_config_from_args(args: "WSDConfig") -> "PeftConfig | None":
     from peft import LoraConfig
 
     target_modules = args.lora_target_modules
-    if target_modules is not None and len(target_modules) == 1:
-        # One value from the command line or YAML: "all-linear" or a regex are strings to PEFT, not module names.
+    if target_modules is not None and len(target_modules) == 1 and _is_pattern(target_modules[0]):
+        # PEFT reads a string as "all-linear" or a regex over full module names, a list as module names.
         target_modules = target_modules[0]
     return LoraConfig(
         task_type="CAUSAL_LM",
@@ -58,6 +58,10 @@ def lora_config_from_args(args: "WSDConfig") -> "PeftConfig | None":
         target_modules=target_modules,
         modules_to_save=args.lora_modules_to_save,
     )
+
+
+def _is_pattern(value: str) -> bool:
+    return value == "all-linear" or any(char in value for char in ".*+?[](){}|^$\\")
 
 
 def prepare_model(model: Any, args: "WSDConfig", peft_config: "PeftConfig | None" = None) -> Any:
