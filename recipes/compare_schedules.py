@@ -61,6 +61,7 @@ class CompareArguments:
     torch_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads (1 is fastest on a busy machine); None: torch's default."})
     reuse_runs: bool = field(default=True, metadata={"help": "Skip a method whose run in output_dir finished with the same settings."})
     report_only: bool = field(default=False, metadata={"help": "Train nothing: rebuild the tables and plots from the runs in output_dir."})
+    wsd_decay_fraction: float | None = field(default=None, metadata={"help": "decay_fraction of the WSD run only (None: decay_fraction). WSD decays a fraction of each budget, WSD-S of each period: with budgets doubling, half of WSD-S's fraction gives both the same decay lengths from the second budget on."})
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -88,7 +89,9 @@ def parse(argv: list[str], workdir: Path) -> tuple[CompareArguments, list[str], 
         raise ValueError(f"`methods`: unknown {unknown or 'empty list'}; choose among {', '.join(METHODS)}.")
     recipe_yaml = workdir / "recipe.yaml"
     recipe_yaml.write_text(yaml.safe_dump(settings, sort_keys=False))
-    fingerprint = {"config": settings, "overrides": rest}
+    # Where a run is written is not part of what it computes: finished runs can be copied and reused elsewhere.
+    kept = [a for i, a in enumerate(rest) if a != "--output_dir" and (i == 0 or rest[i - 1] != "--output_dir")]
+    fingerprint = {"config": settings, "overrides": kept}
     return compare, [str(recipe_yaml), *rest], fingerprint
 
 
@@ -108,12 +111,13 @@ def run_dirs(output_dir: Path, method: str, budgets: list[str]) -> list[tuple[Pa
 
 
 # ------------------------------------------------------------------------------------------------ training
-def train_run(recipe_argv, fingerprint, schedule, budgets, run_dir: Path, get_data, reuse: bool) -> dict:
+def train_run(recipe_argv, fingerprint, schedule, budgets, run_dir: Path, get_data, reuse: bool, **overrides) -> dict:
     """Train one run (unless an identical one already finished in ``run_dir``); returns its record.
 
     ``get_data()`` returns the shared (data, held-out blocks, (task paths, task names)); called only to train.
+    ``overrides`` are this run's own recipe fields (e.g. WSD's ``decay_fraction``).
     """
-    signature = {**fingerprint, "schedule": schedule, "budgets": budgets}
+    signature = {**fingerprint, "schedule": schedule, "budgets": budgets, **({"run_overrides": overrides} if overrides else {})}
     record_path = run_dir / RUN_RECORD
     if reuse and record_path.is_file():
         record = json.loads(record_path.read_text())
@@ -121,7 +125,7 @@ def train_run(recipe_argv, fingerprint, schedule, budgets, run_dir: Path, get_da
             print(f"[compare] {schedule} {budgets}: reusing the finished run in {run_dir}", flush=True)
             return record
     data_args, model_args, args = run_config(
-        recipe_argv, schedule=schedule, budgets=budgets, output_dir=run_dir, overwrite_output_dir=True
+        recipe_argv, schedule=schedule, budgets=budgets, output_dir=run_dir, overwrite_output_dir=True, **overrides
     )
     if not args.budget_eval:
         raise ValueError("the comparison scores every checkpoint: `budget_eval` must be true.")
@@ -365,7 +369,7 @@ def write_plots(output_dir: Path, rows: list[dict], records: dict, methods: list
 
 def report(output_dir: Path, methods: list[str], budgets: list[str], reference: BudgetPlan, setup) -> list[dict]:
     rows, records = collect(output_dir, methods, budgets, reference)
-    describe = describe_setup(*setup, reference, records[methods[0]][0]["num_parameters"])
+    describe = describe_setup(*setup, reference, records)
     write_csv(rows, output_dir / "results.csv")
     text = markdown(rows, records, methods, reference, describe)
     (output_dir / "results.md").write_text(text)
@@ -381,18 +385,28 @@ def report(output_dir: Path, methods: list[str], budgets: list[str], reference: 
     return rows
 
 
-def describe_setup(data_args, model_args, args, reference: BudgetPlan, n_parameters: int) -> str:
+def describe_setup(data_args, model_args, args, reference: BudgetPlan, records: dict) -> str:
+    """The setup in a paragraph, with each method's decay lengths read from its plan."""
     steps = ", ".join(str(b.step) for b in reference.budgets)
     tokens = "" if reference.tokens_per_update is None else (
         f" ({', '.join(format_tokens(b.tokens) for b in reference.budgets)} tokens; {reference.tokens_per_update} per update)")
+    n_parameters = next(iter(records.values()))[0]["num_parameters"]
+    decays = []
+    for method, runs in records.items():
+        if method in ("wsd-s", "wsd"):
+            plan = plan_from_dict(runs[0]["plan"])
+            fraction = plan.decay_fraction if plan.decay_fraction is not None else 0.1
+            lengths = "/".join(str(b.decay_steps) for b in plan.budgets)
+            span = "period" if method == "wsd-s" else "budget"
+            decays.append(f"{LABELS[method]} decays {fraction:g} of each {span} ({lengths} updates, {plan.decay_shape} to "
+                          f"{plan.min_lr_ratio:g}× peak)")
     return (
-        f"A {n_parameters:,}-parameter Llama (hidden {model_args.hidden_size}, {model_args.num_hidden_layers} layers) trained on `{data_args.corpus}` "
-        f"(blocks of {data_args.block_size} tokens, batch {args.per_device_train_batch_size}), seed {args.seed}, peak LR "
-        f"{args.learning_rate:g}, warmup {reference.warmup_steps} updates, budgets {steps} updates{tokens}. "
-        f"WSD-S decays {args.decay_fraction if args.decay_fraction is not None else 0.1} of each period, WSD the same fraction "
-        f"of each budget ({args.decay_shape} to {args.min_lr_ratio:g}× peak); cyclic-cosine runs one cosine per period, the "
-        f"oracle one cosine per budget from scratch. Held-out loss: the same {data_args.max_eval_blocks or 'all'} held-out "
-        f"blocks for every checkpoint."
+        f"A {n_parameters:,}-parameter Llama (hidden {model_args.hidden_size}, {model_args.num_hidden_layers} layers) "
+        f"trained on `{data_args.corpus}` (blocks of {data_args.block_size} tokens, batch {args.per_device_train_batch_size}), "
+        f"seed {args.seed}, peak LR {args.learning_rate:g}, warmup {reference.warmup_steps} updates, budgets {steps} "
+        f"updates{tokens}. " + "; ".join(decays) + ("." if decays else "") +
+        " Cyclic-cosine runs one cosine per period, the oracle one cosine per budget from scratch. Held-out loss: the "
+        f"same {data_args.max_eval_blocks or 'all'} held-out blocks for every checkpoint."
     )
 
 
@@ -414,7 +428,8 @@ def main(argv: list[str]) -> list[dict]:
             get_data = functools.cache(lambda: prepare_data(data_args, args, output_dir))
             for method in compare.methods:
                 for run_dir, run_budgets in run_dirs(output_dir, method, budgets):
-                    train_run(recipe_argv, fingerprint, method, run_budgets, run_dir, get_data, compare.reuse_runs)
+                    own = {"decay_fraction": compare.wsd_decay_fraction} if method == "wsd" and compare.wsd_decay_fraction else {}
+                    train_run(recipe_argv, fingerprint, method, run_budgets, run_dir, get_data, compare.reuse_runs, **own)
         return report(output_dir, compare.methods, budgets, reference, (data_args, model_args, args))
 
 

@@ -120,3 +120,14 @@ def test_relaunch_reuses_finished_runs_and_report_only_rebuilds(compare_module, 
 def test_unknown_method_is_a_value_error(compare_module, tmp_path):
     with pytest.raises(ValueError, match="`methods`"):
         compare_module.main(["--quick", "--output_dir", str(tmp_path), "--methods", "wsd-s", "linear"])
+
+
+def test_own_fields_are_split_from_the_recipe_fields(compare_module, tmp_path):
+    compare, recipe_argv, fingerprint = compare_module.parse(
+        ["--quick", "--seed", "3", "--wsd_decay_fraction", "0.1", "--output_dir", "x"], tmp_path
+    )
+    assert compare.quick and compare.wsd_decay_fraction == 0.1 and compare.torch_threads == 1
+    assert recipe_argv[1:] == ["--seed", "3", "--output_dir", "x"]  # `--seed` is not a prefix match of our fields
+    assert fingerprint["overrides"] == ["--seed", "3"]  # where runs are written does not change what they compute
+    _, _, args = compare_module.parse_recipe(recipe_argv)
+    assert args.seed == 3 and args.budgets == ["10", "20", "40", "80"]
