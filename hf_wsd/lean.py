@@ -113,7 +113,10 @@ def adapter_record(model: Any, revision: str, base_model: str | None, merged: bo
     }
     for key in ("r", "lora_alpha", "lora_dropout", "target_modules", "modules_to_save"):
         value = getattr(config, key, None)
-        record[key] = sorted(value) if isinstance(value, set) else value
+        if isinstance(value, (set, list, tuple)):
+            # PEFT expands "all-linear" into every module path; one name per kind of module reads better.
+            value = sorted({name.rsplit(".", 1)[-1] for name in value})
+        record[key] = value
     base = repr(base_model) if base_model else "BASE_MODEL"
     record["load"] = (
         f"PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base}), REPO_OR_FOLDER, revision={revision!r})"
