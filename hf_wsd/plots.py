@@ -80,12 +80,14 @@ def plot_panels(
     sharey: bool = True,
     logx: bool = False,
     ylabels: Sequence[str] | None = None,
+    ylims: Sequence[tuple[float | None, float | None] | None] | None = None,
 ) -> Path:
     """Stacked panels sharing the x axis: ``{panel title: {curve label: (xs, ys) or (xs, ys, line kwargs)}}``.
 
     Labels starting with ``_`` stay out of the legend (matplotlib's rule), so repeated pieces such as WSD
     branches share one entry. ``marks`` are vertical lines drawn in every panel (and, with ``logx``, the x
-    ticks of a base-2 log axis); ``ylabels`` name each panel's y axis instead of ``ylabel``. Returns the PNG path.
+    ticks of a base-2 log axis); ``ylabels`` and ``ylims`` set each panel's y axis instead of ``ylabel`` and ``ylim``.
+    Returns the PNG path.
     """
     plt = _pyplot()
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 0.4 + 1.9 * len(panels)), dpi=100, sharex=True,
@@ -93,7 +95,7 @@ def plot_panels(
     for number, (ax, (panel, curves)) in enumerate(zip(axes[:, 0], panels.items())):
         for label, curve in curves.items():
             xs, ys, style = (*curve, {}) if len(curve) == 2 else curve
-            ax.plot(list(xs), list(ys), label=label, lw=1.2, **style)
+            ax.plot(list(xs), list(ys), label=label, **{"lw": 1.2, **style})
         for mark in marks:
             ax.axvline(mark, color="grey", lw=0.6, ls=":")
         ax.set_title(panel, fontsize=9, loc="left")
@@ -106,8 +108,9 @@ def plot_panels(
                 ax.set_xticks(list(marks))
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.xaxis.set_minor_formatter(NullFormatter())
-        if ylim is not None:
-            ax.set_ylim(*ylim)
+        limits = ylim if ylims is None else ylims[number]
+        if limits is not None:
+            ax.set_ylim(*limits)
         if any(not label.startswith("_") for label in curves):
             ax.legend(fontsize=7, frameon=False, loc="upper right", ncol=2)
     axes[-1, 0].set_xlabel(xlabel)
