@@ -340,17 +340,18 @@ def write_plots(output_dir: Path, rows: list[dict], records: dict, methods: list
     plot_panels(lr_panels, output_dir / "lr_schedules.png", "optimizer update", "LR", marks=marks,
                 title="learning rate of each method (dotted: budgets)")
 
-    # Training loss (mean over each logging interval), WSD branches dashed, to show the river-valley signature.
-    loss_panels: dict[str, dict] = {}
-    every: list[float] = []
+    # Training loss (mean of each logging interval). Every run sees the same batches in the same order, so
+    # subtracting the constant-LR run's loss (WSD's main branch) on the same update cancels the batch-to-batch
+    # noise and leaves what the schedule did: the river-valley signature (a drop in each decay, lost again when
+    # the LR goes back up).
+    pieces: dict[str, list[tuple]] = {}  # method → [(label, xs, ys, style)]
     for method in methods:
-        panel = {}
+        pieces[method] = []
         for number, record in enumerate(records[method]):
             plan = plan_from_dict(record["plan"])
-            label = LABELS[method] if number == 0 else f"_{method}{number}"
             xs, ys = _loss_points(record["log_history"], plan.total_steps)
-            panel[label] = (xs, ys, {"color": "C0" if method != "cosine" else f"C{number}"})
-            every += [y for x, y in zip(xs, ys) if x >= marks[0] / 2]
+            style = {"color": f"C{number}" if method == "cosine" else "C0"}
+            pieces[method].append((LABELS[method] if number == 0 else f"_{method}{number}", xs, ys, style))
             run_dir = output_dir / method if method != "cosine" else output_dir / "cosine" / str(record["plan"]["budgets"][0])
             for budget in plan.budgets:
                 if budget.branch:
@@ -358,13 +359,35 @@ def write_plots(output_dir: Path, rows: list[dict], records: dict, methods: list
                     # Start the branch at the main path's last logged point before it leaves.
                     start = [(x, y) for x, y in zip(xs, ys) if x <= budget.decay_start][-1:]
                     branch = start + [(s, l) for s, l, _ in info["losses"]]
-                    name = "branch decays" if budget.index == 0 else f"_branch{budget.index}"
                     if branch:
-                        panel[name] = (*map(list, zip(*branch)), {"color": "C1", "ls": "--"})
-        loss_panels[LABELS[method]] = panel
-    ylim = (min(every) - 0.05, max(every) + 0.05) if every else None
-    plot_panels(loss_panels, output_dir / "train_loss.png", "optimizer update", "train loss", marks=marks, ylim=ylim,
-                title="training loss: high while the LR is high, sharp drop in each decay (dotted: budgets)")
+                        name = "branch decays" if budget.index == 0 else f"_branch{budget.index}"
+                        pieces[method].append((name, *map(list, zip(*branch)), {"color": "C1", "ls": "--"}))
+    first = marks[0] / 2  # leave out the first updates: their loss (~ln vocab) would flatten everything else
+    overlay = {}
+    for number, method in enumerate(methods):
+        label, xs, ys, _ = pieces[method][-1 if method == "cosine" else 0]  # the oracle's longest run
+        kept = [(x, y) for x, y in zip(xs, ys) if x >= first]
+        overlay[label.lstrip("_") if method != "cosine" else f"{LABELS[method]} {marks[-1]}"] = (
+            *map(list, zip(*kept)), {"color": f"C{number}", "lw": 0.9})
+    panels = {"training loss (the oracle: its longest run)": overlay}
+    ylabels, ylims = ["train loss"], [None]
+    if "wsd" in methods:
+        reference = dict(zip(*_loss_points(records["wsd"][0]["log_history"])))
+        last_stable = plan_from_dict(records["wsd"][0]["plan"]).budgets[-1].decay_start
+        lows, highs = [], []
+        for method in methods:
+            panel = {}
+            for label, xs, ys, style in pieces[method]:
+                points = [(x, y - reference[x]) for x, y in zip(xs, ys) if x in reference and x >= first]
+                if points:
+                    panel[label] = (*map(list, zip(*points)), style)
+                    lows.append(min(p[1] for p in points))
+                    highs.append(max(p[1] for p in points))
+            panels[f"{LABELS[method]}: minus WSD's main branch (constant LR until update {last_stable})"] = panel
+            ylabels.append("Δ train loss")
+        ylims += [(min(lows) - 0.02, max(highs) + 0.02)] * len(methods)
+    plot_panels(panels, output_dir / "train_loss.png", "optimizer update", "train loss", marks=marks, sharey=False,
+                ylabels=ylabels, ylims=ylims, title="training loss: lower in each decay, back up when the LR returns to peak")
 
 
 def report(output_dir: Path, methods: list[str], budgets: list[str], reference: BudgetPlan, setup) -> list[dict]:
