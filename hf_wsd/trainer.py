@@ -7,7 +7,8 @@ event (see :mod:`hf_wsd.events`) for evaluation, publishing and user callbacks.
 WSD side branches reuse the Trainer's exact-resume machinery: at a branch point the main branch is saved as
 a regular checkpoint, the decay runs on the data the main branch would see next, and once the budget is
 written training restarts from that checkpoint — weights, optimizer, scheduler, RNG and data position —
-as if the branch had never happened. This works unchanged under DDP, FSDP and DeepSpeed.
+as if the branch had never happened. The Trainer's checkpoint code knows DDP, FSDP and DeepSpeed state,
+so branches need nothing of their own there (tested here: single process and DDP on CPU).
 """
 
 from __future__ import annotations
