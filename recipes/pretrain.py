@@ -132,26 +132,21 @@ def main(argv: list[str]) -> WSDTrainer:
 
 
 def print_summary(output_dir: Path) -> None:
-    """One line per budget: where it is and how good it is."""
+    """One row per budget: its name, training loss over the decay and every evaluation metric."""
     import json
 
+    from hf_wsd.evaluation import format_summary, summarize
+
+    evaluated = {row["budget"]: row for row in summarize(output_dir)}
     rows = []
-    for folder in sorted((output_dir / "budgets").iterdir()):
-        record_path = folder / "budget.json"
-        if not record_path.is_file():
-            continue
+    for record_path in (output_dir / "budgets").glob("*/budget.json"):
         record = json.loads(record_path.read_text())
-        results_path = folder / "eval_results.json"
-        results = json.loads(results_path.read_text())["results"] if results_path.is_file() else []
-        metrics = {f"{r['task']}/{r['metric']}": r["value"] for r in results}
-        rows.append((record["step"], record["name"], record.get("train_loss"), metrics, folder))
-    print("\nBudgets (decayed checkpoints):")
-    keys = sorted({k for row in rows for k in row[3]})
-    print(f"{'budget':<24} {'train loss':>10} " + " ".join(f"{k:>22}" for k in keys))
-    for _, name, train_loss, metrics, _ in sorted(rows):
-        loss = "" if train_loss is None else f"{train_loss:.4f}"
-        print(f"{name:<24} {loss:>10} " + " ".join(f"{metrics.get(k, float('nan')):>22.4f}" for k in keys))
-    print(f"\nfolders: {output_dir / 'budgets'}/<budget>  (from_pretrained-ready)")
+        row = {"budget": record["name"], "step": record["step"], "train_loss": record.get("train_loss")}
+        metrics = evaluated.get(record["name"], {})
+        row.update({k: v for k, v in metrics.items() if k not in ("budget", "step", "tokens", "eval_seconds")})
+        rows.append(row)
+    print(f"\nDecayed checkpoints (from_pretrained-ready folders in {output_dir / 'budgets'}):")
+    print(format_summary(sorted(rows, key=lambda row: row["step"])))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, sm
     assert names == sorted(p.name for p in (tmp_path / "ddp" / "budgets").iterdir() if p.name.startswith("step"))
     assert [n.split("-")[0] for n in names] == ["step10", "step20"]
     assert names[0].endswith("tokens2.56K")  # 10 updates × 2 processes × 4 × 32 tokens
-    assert ddp.stdout.count("Budgets (decayed checkpoints):") == 1  # one summary: the main process
+    assert ddp.stdout.count("Decayed checkpoints (") == 1  # one summary: the main process
     for name in names:
         two = load_file(tmp_path / "ddp" / "budgets" / name / "model.safetensors")
         one = load_file(tmp_path / "single" / "budgets" / name / "model.safetensors")
