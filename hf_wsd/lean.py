@@ -76,6 +76,8 @@ def prepare_model(model: Any, args: "WSDConfig", peft_config: "PeftConfig | None
         if args.save_merged_budgets and not is_peft_model(model):
             logger.warning("`save_merged_budgets` has no effect without an adapter: budget folders hold full weights.")
         return model
+    if model is None:
+        raise ValueError("`peft_config` / `use_peft` wrap the `model` argument: pass a model (not `model_init`).")
     if is_peft_model(model):
         raise ValueError(
             "the model is already a PeftModel, and `peft_config` / `use_peft` would wrap it again: pass the "
