@@ -30,6 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .card import write_model_card
 from .events import BudgetCallback, BudgetReached
 from .tasks import BUNDLED_TASKS, build_bundled_tasks, validation
 from .tasks.validation import LOCAL_LOADERS, as_list, is_offline, validate_tasks
@@ -177,6 +178,8 @@ class BudgetEvaluator(BudgetCallback):
                 "budget": budget.name, "step": budget.step, "tokens": budget.tokens,
                 "lm_eval_version": _lm_eval_version(), "seconds": round(seconds, 3), "results": results,
             })
+            if (Path(event.folder) / "budget.json").is_file():  # a WSDTrainer folder: its card shows the results
+                write_model_card(event.folder)  # (publishing re-renders it with the repo's links)
         logs = {"budget/step": float(budget.step)}
         if budget.tokens is not None:
             logs["budget/tokens"] = float(budget.tokens)

@@ -48,6 +48,7 @@ def test_recipe_evaluates_and_publishes_every_budget(tmp_path, small_corpus, loc
         metrics = {(r["task"], r["metric"]): r for r in results["results"]}
         assert {("wsd_next_passage", "acc"), ("wsd_cloze", "acc")} <= metrics.keys()
         assert metrics[("wsd_next_passage", "acc")]["samples"] == 24
+        assert ModelCard.load(folder / "README.md").data.eval_results  # the local card shows them too
         heldout.append(next(r["value"] for r in results["results"] if r["task"] == "heldout" and r["metric"] == "loss"))
     assert heldout[-1] < heldout[0]  # later budgets are better models
     logged = [e for e in trainer.state.log_history if any(k.startswith("budget/") for k in e)]
