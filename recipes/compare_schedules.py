@@ -1,7 +1,7 @@
 """Compare WSD-S, WSD, cyclic-cosine and a per-budget cosine "oracle" at small scale (Wen et al., 2024).
 
-    python recipes/compare_schedules.py                  # recipes/llama-tiny/compare/config.yaml (~30 min, 2 CPU cores)
-    python recipes/compare_schedules.py --quick          # recipes/llama-tiny/compare/config_quick.yaml (~1 min)
+    python recipes/compare_schedules.py                  # recipes/llama-tiny/compare/config.yaml (30-40 min, 2 CPU cores)
+    python recipes/compare_schedules.py --quick          # recipes/llama-tiny/compare/config_quick.yaml (under a minute)
     python recipes/compare_schedules.py CONFIG.yaml --seed 1 --output_dir runs/compare-seed1
 
 Every method trains the same model from the same initialisation on the same data order with the same peak LR,
@@ -9,8 +9,9 @@ warmup and budgets; only `schedule` differs. The cosine oracle is one separate r
 checkpoint is scored on the same held-out blocks (and the bundled tasks) by hf_wsd's BudgetEvaluator.
 
 The YAML holds the pretraining recipe's fields (recipes/pretrain.py: data, model, WSDConfig; `schedule` is set
-per method) plus this script's own (`methods`, `torch_threads`, `reuse_runs`, `report_only`). Any field can be
-overridden on the command line (`--field value`). Written under `output_dir`:
+per method) plus this script's own (`methods`, `torch_threads`, `reuse_runs`, `report_only`, `wsd_decay_fraction`;
+`--quick` picks config_quick.yaml). Any field can be overridden on the command line (`--field value`). Measured
+results and costs: docs/results.md. Written under `output_dir`:
 
     {method}/                       one WSDTrainer run per method; cosine/{budget}/ one run per budget
     eval_tasks/                     the bundled benchmarks, built once and shared by every run
@@ -51,7 +52,6 @@ QUICK_CONFIG = HERE / "llama-tiny" / "compare" / "config_quick.yaml"
 METHODS = ("wsd-s", "wsd", "cyclic-cosine", "cosine")
 LABELS = {"wsd-s": "WSD-S", "wsd": "WSD", "cyclic-cosine": "cyclic-cosine", "cosine": "cosine oracle"}
 RUN_RECORD = "compare_run.json"  # written when a run is complete; lets a re-launch skip it
-logger = logging.getLogger("recipes.compare_schedules")
 
 
 @dataclass
