@@ -29,6 +29,16 @@ INTERMEDIATE = 128
 LORA_8BIT = dict(use_peft=True, lora_r=32, lora_alpha=32, lora_target_modules=["gate_proj", "up_proj", "down_proj"])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: tiny models run ~7× faster on a busy 2-core machine. Every run here, and the killed
+    subprocess, uses one, so bitwise comparisons compare like with like; the previous setting is restored."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def bnb_model(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -175,16 +185,18 @@ def test_wsd_branches_with_8bit_adamw_leave_the_main_branch_untouched(bnb_runs, 
     assert_bitwise_equal(saved_weights(budget_dirs(branched_dir)[12]), saved_weights(budget_dirs(main_dir)[12]))
 
 
-def test_sigkill_then_resume_with_8bit_adamw_equals_the_uninterrupted_run(bnb_runs, tmp_path):
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_sigkill_then_resume_with_8bit_adamw_equals_the_uninterrupted_run(bnb_runs, tmp_path, kind):
     out = tmp_path / "run"
-    command = [sys.executable, str(HERE), str(out), "--budgets", *map(str, BUDGETS), "--kill-at", "5", "--save-steps", "3"]
+    command = [sys.executable, str(HERE), str(out), "--budgets", *map(str, BUDGETS), "--kind", kind, "--kill-at", "5",
+               "--save-steps", "3"]
     killed = subprocess.run(command, capture_output=True)  # killed inside the branch of budget 6 (updates 5-6)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     assert not budget_dirs(out) and (out / "checkpoint-4").is_dir()  # the branch point of budget 6
 
-    bnb_trainer(out, BUDGETS, save_steps=3).train(resume_from_checkpoint=True)
+    bnb_trainer(out, BUDGETS, kind, save_steps=3).train(resume_from_checkpoint=True)  # a fresh optimizer and adapter
 
-    reference, _ = bnb_runs("full", BUDGETS)
+    reference, _ = bnb_runs(kind, BUDGETS)
     for step in BUDGETS:
         assert_bitwise_equal(saved_weights(budget_dirs(out)[step]), saved_weights(budget_dirs(reference)[step]))
 
@@ -262,5 +274,6 @@ if __name__ == "__main__":
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--save-steps", type=int, default=1000)
     cli = parser.parse_args()
+    torch.set_num_threads(1)  # as the tests' in-process runs
     callbacks = [KillAt(cli.kill_at)] if cli.kill_at is not None else None
     bnb_trainer(cli.output_dir, tuple(cli.budgets), cli.kind, callbacks=callbacks, save_steps=cli.save_steps).train()
