@@ -53,7 +53,7 @@ class WSDConfig(TrainingArguments):
             Directories of local lm-eval task YAML files.
         eval_limit (`int` or `None`, *optional*, defaults to `None`):
             At most this many examples per lm-eval task.
-        eval_batch_size (`int`, *optional*, defaults to `8`):
+        lm_eval_batch_size (`int`, *optional*, defaults to `8`):
             Batch size of lm-eval.
 
     Parameters that control parameter-efficient training (LoRA adapters; see `hf_wsd/lean.py` and docs/lean.md):
@@ -101,7 +101,7 @@ class WSDConfig(TrainingArguments):
     eval_tasks: list[str] = field(default_factory=list, metadata={"help": "lm-evaluation-harness task names."})
     eval_task_paths: list[str] = field(default_factory=list, metadata={"help": "Directories of local lm-eval task YAMLs."})
     eval_limit: int | None = field(default=None, metadata={"help": "At most this many examples per lm-eval task."})
-    eval_batch_size: int = field(default=8, metadata={"help": "Batch size of lm-eval."})
+    lm_eval_batch_size: int = field(default=8, metadata={"help": "Batch size of lm-eval (TrainingArguments.eval_batch_size stays the held-out loss batch)."})
     use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter on the frozen model (budgets hold the adapter only)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the update is scaled by lora_alpha / lora_r)."})

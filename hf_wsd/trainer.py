@@ -97,7 +97,7 @@ class WSDTrainer(Trainer):
                     eval_tasks=args.eval_tasks,
                     eval_task_paths=args.eval_task_paths,
                     eval_limit=args.eval_limit,
-                    eval_batch_size=args.eval_batch_size,
+                    eval_batch_size=args.lm_eval_batch_size,
                 )
             )
         if args.push_to_hub:

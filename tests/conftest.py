@@ -13,8 +13,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models train several times faster on one intra-op thread (and 2-process tests get a core each);
+# subprocesses inherit it. Bitwise comparisons stay valid: every run of the session uses the same count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Trained tokenizers are cached per test session, never in the user's ~/.cache.
 os.environ["HF_WSD_CACHE"] = tempfile.mkdtemp(prefix="hf_wsd-cache-")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from _hub import local_hub, tiny_model_dirs  # noqa: E402,F401  (fixtures)
 
@@ -24,7 +31,7 @@ TINY_RECIPE = [
     "--vocab_size", "512", "--block_size", "32", "--hidden_size", "32", "--intermediate_size", "64",
     "--num_hidden_layers", "1", "--num_attention_heads", "2", "--num_key_value_heads", "2",
     "--warmup_steps", "2", "--logging_steps", "5", "--save_steps", "1000", "--disable_tqdm", "true",
-    "--bundled_task_examples", "24", "--max_eval_blocks", "16", "--eval_batch_size", "16",
+    "--bundled_task_examples", "24", "--max_eval_blocks", "16", "--lm_eval_batch_size", "16",
 ]
 
 

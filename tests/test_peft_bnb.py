@@ -234,7 +234,6 @@ def test_continual_recipe_reports_upstream_and_downstream_loss_per_budget(tmp_pa
     upstream.write_text("".join(json.dumps({"text": c}) + "\n" for c in chapters))
     downstream.write_text("".join(json.dumps({"text": c.upper()}) + "\n" for c in chapters))  # new text
     tiny = ["--block_size", "32", "--max_eval_blocks", "4", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
-            "--eval_batch_size", "4",  # WSDConfig.eval_batch_size shadows TrainingArguments.eval_batch_size (held-out loss too)
             "--logging_steps", "2", "--save_steps", "1000", "--disable_tqdm", "true", "--bundled_tasks", "false"]
 
     pretrain.main([
