@@ -369,7 +369,7 @@ def write_plots(output_dir: Path, rows: list[dict], records: dict, methods: list
         kept = [(x, y) for x, y in zip(xs, ys) if x >= first]
         overlay[label.lstrip("_") if method != "cosine" else f"{LABELS[method]} {marks[-1]}"] = (
             *map(list, zip(*kept)), {"color": f"C{number}", "lw": 0.9})
-    panels = {"training loss (the oracle: its longest run)": overlay}
+    panels = {"training loss" + (" (cosine oracle: its longest run)" if "cosine" in methods else ""): overlay}
     ylabels, ylims = ["train loss"], [None]
     if "wsd" in methods:
         reference = dict(zip(*_loss_points(records["wsd"][0]["log_history"])))
@@ -387,7 +387,7 @@ def write_plots(output_dir: Path, rows: list[dict], records: dict, methods: list
             ylabels.append("Δ train loss")
         ylims += [(min(lows) - 0.02, max(highs) + 0.02)] * len(methods)
     plot_panels(panels, output_dir / "train_loss.png", "optimizer update", "train loss", marks=marks, sharey=False,
-                ylabels=ylabels, ylims=ylims, title="training loss: lower in each decay, back up when the LR returns to peak")
+                ylabels=ylabels, ylims=ylims, title="training loss, mean of each logging interval (dotted: budgets)")
 
 
 def report(output_dir: Path, methods: list[str], budgets: list[str], reference: BudgetPlan, setup) -> list[dict]:
