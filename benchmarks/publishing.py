@@ -48,7 +48,8 @@ def main() -> None:
     with LocalHub(token=TOKEN) as hub:
         from huggingface_hub import constants
 
-        constants.ENDPOINT = hub.endpoint
+        constants.ENDPOINT = hub.endpoint  # as the tests' local_hub fixture: API calls and file downloads
+        constants.HUGGINGFACE_CO_URL_TEMPLATE = hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
         os.environ["HF_HUB_OFFLINE"] = "0"
         constants.HF_HUB_OFFLINE = False
         train = data(cli.steps * 16)

@@ -211,6 +211,9 @@ class BudgetEvaluator(BudgetCallback):
         for key, dataset in named:
             task = f"heldout_{key}" if key else "heldout"
             metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=f"budget_{task}")
+            if f"budget_{task}_loss" not in metrics:  # no batch was scored (an empty or dropped held-out set)
+                logger.warning("no held-out loss for %s: its dataloader yielded no batch", task)
+                continue
             loss = float(metrics[f"budget_{task}_loss"])
             for metric, value in (("loss", loss), ("perplexity", math.exp(min(loss, 700.0)))):
                 results.append({"task": task, "task_type": "text-generation",

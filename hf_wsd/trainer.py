@@ -91,6 +91,8 @@ class WSDTrainer(Trainer):
         if args.budget_eval:
             from .evaluation import BudgetEvaluator, validate_tasks
 
+            self._check_heldout_batches()
+
             validate_tasks(args.eval_tasks, args.eval_task_paths)  # fail now, not after hours of compute
             self.add_callback(
                 BudgetEvaluator(
@@ -104,6 +106,17 @@ class WSDTrainer(Trainer):
             from .publishing import HubPublisher
 
             self.add_callback(HubPublisher.from_args(args))
+
+    def _check_heldout_batches(self) -> None:
+        """With ``dataloader_drop_last`` a held-out set smaller than one batch would score nothing: say so now."""
+        datasets = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval_dataset": self.eval_dataset}
+        batch = self.args.eval_batch_size * self.args.world_size
+        for name, dataset in datasets.items():
+            if self.args.dataloader_drop_last and hasattr(dataset, "__len__") and len(dataset) < batch:
+                raise ValueError(
+                    f"`dataloader_drop_last` drops every held-out batch: {name} has {len(dataset)} examples, fewer than "
+                    f"one batch ({batch}); lower `per_device_eval_batch_size` or set dataloader_drop_last=False."
+                )
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """Repos and branches are the publisher's job (one branch per budget)."""

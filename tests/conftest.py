@@ -32,6 +32,7 @@ TINY_RECIPE = [
     "--num_hidden_layers", "1", "--num_attention_heads", "2", "--num_key_value_heads", "2",
     "--warmup_steps", "2", "--logging_steps", "5", "--save_steps", "1000", "--disable_tqdm", "true",
     "--bundled_task_examples", "24", "--max_eval_blocks", "16", "--lm_eval_batch_size", "16",
+    "--per_device_eval_batch_size", "8",
 ]
 
 

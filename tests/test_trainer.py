@@ -147,3 +147,11 @@ def test_a_scheduler_passed_by_the_user_is_rejected(tmp_path):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     with pytest.raises(ValueError, match="optimizers"):
         WSDTrainer(model=model, args=tiny_config(tmp_path, BUDGETS), optimizers=(optimizer, scheduler))
+
+
+def test_a_heldout_set_smaller_than_one_dropped_batch_fails_before_training(tmp_path):
+    from hf_wsd import WSDTrainer
+
+    args = tiny_config(tmp_path, BUDGETS, budget_eval=True, dataloader_drop_last=True, per_device_eval_batch_size=32)
+    with pytest.raises(ValueError, match="dataloader_drop_last"):
+        WSDTrainer(model=tiny_model(), args=args, train_dataset=tiny_data(), eval_dataset=tiny_data(n=8))
