@@ -24,7 +24,7 @@ import yaml
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain import build_model, parse as parse_recipe, print_summary  # noqa: E402  (the pretraining recipe)
+from pretrain import add_bundled_tasks, build_model, parse as parse_recipe, print_summary  # noqa: E402  (the pretraining recipe)
 
 from hf_wsd import WSDTrainer  # noqa: E402
 from hf_wsd.data import build_lm_datasets, load_corpus, pack_documents, split_documents  # noqa: E402
@@ -145,15 +145,7 @@ def main(argv: list[str]) -> dict | None:
         "upstream": first_blocks(upstream, data_args.max_eval_blocks),
         "downstream": first_blocks(data.heldout, data_args.max_eval_blocks),
     }
-    if args.budget_eval and data_args.bundled_tasks:
-        from hf_wsd.tasks import build_bundled_tasks
-
-        task_dir = Path(args.output_dir) / "eval_tasks"
-        names = build_bundled_tasks(
-            data.heldout_documents, task_dir, data_args.bundled_task_examples, args.seed, train_documents=data.train_documents
-        )
-        args.eval_task_paths = [*args.eval_task_paths, str(task_dir)]
-        args.eval_tasks = [*args.eval_tasks, *[n for n in names if n not in args.eval_tasks]]
+    add_bundled_tasks(args, data_args, data)
 
     model = build_model(model_args, tokenizer, data_args.block_size)
     positions = getattr(model.config, "max_position_embeddings", None)

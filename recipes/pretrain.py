@@ -67,6 +67,20 @@ def parse(argv: list[str]) -> tuple[DataArguments, ModelArguments, WSDConfig]:
     return parser.parse_args_into_dataclasses(args=overrides)
 
 
+def add_bundled_tasks(args: WSDConfig, data_args: DataArguments, data) -> None:
+    """Build the offline benchmarks from the held-out documents and add them to the config's eval tasks."""
+    if not (args.budget_eval and data_args.bundled_tasks):
+        return
+    from hf_wsd.tasks import build_bundled_tasks
+
+    task_dir = Path(args.output_dir) / "eval_tasks"
+    names = build_bundled_tasks(
+        data.heldout_documents, task_dir, data_args.bundled_task_examples, args.seed, train_documents=data.train_documents
+    )
+    args.eval_task_paths = [*args.eval_task_paths, str(task_dir)]
+    args.eval_tasks = [*args.eval_tasks, *[n for n in names if n not in args.eval_tasks]]
+
+
 def build_model(model_args: ModelArguments, tokenizer, block_size: int):
     if model_args.model_name_or_path:
         return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)
@@ -108,15 +122,7 @@ def main(argv: list[str]) -> WSDTrainer:
     heldout = data.heldout
     if data_args.max_eval_blocks is not None:
         heldout = heldout.select(range(min(len(heldout), data_args.max_eval_blocks)))
-    if args.budget_eval and data_args.bundled_tasks:
-        from hf_wsd.tasks import build_bundled_tasks
-
-        task_dir = Path(args.output_dir) / "eval_tasks"
-        names = build_bundled_tasks(
-            data.heldout_documents, task_dir, data_args.bundled_task_examples, args.seed, train_documents=data.train_documents
-        )
-        args.eval_task_paths = [*args.eval_task_paths, str(task_dir)]
-        args.eval_tasks = [*args.eval_tasks, *[n for n in names if n not in args.eval_tasks]]
+    add_bundled_tasks(args, data_args, data)
 
     model = build_model(model_args, data.tokenizer, data_args.block_size)
     trainer = WSDTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=heldout, processing_class=data.tokenizer)
