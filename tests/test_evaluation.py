@@ -135,6 +135,17 @@ def test_bundled_tasks_are_deterministic(tmp_path):
     assert validate_tasks(list(BUNDLED_TASKS), [str(tmp_path / "a")], offline=True) == list(BUNDLED_TASKS)
 
 
+def test_cloze_targets_are_scored_as_separate_words(tmp_path):
+    """lm-eval adds no delimiter to loglikelihood continuations: the target must bring its own space."""
+    from lm_eval.tasks import TaskManager
+
+    build_bundled_tasks(kjv_chapters()[:40], tmp_path, n_examples=5, seed=0)
+    task = TaskManager(include_path=str(tmp_path), include_defaults=False).load_task_or_group(["wsd_cloze"])["wsd_cloze"]
+    for doc in task.test_docs():
+        context, continuation = task.doc_to_text(doc), task.doc_to_target(doc)
+        assert continuation == " " + doc["target"] and not context.endswith(" ")
+
+
 def test_evaluation_leaves_rng_states_and_train_mode_as_it_found_them(tmp_path):
     import numpy as np
     import torch

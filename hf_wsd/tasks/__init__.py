@@ -167,7 +167,9 @@ def task_config(name: str, data_file: Path, cache_dir: Path) -> dict:
     if name == NEXT_PASSAGE:
         config.update(doc_to_choice="choices", doc_to_target="label")
     else:
-        config.update(doc_to_target="{{target}}")  # lm-eval inserts target_delimiter " " before it
+        # lm-eval adds target_delimiter to multiple-choice continuations only: a loglikelihood target carries its
+        # own space, as in lm-eval's LAMBADA (else "unto" + "Pharaoh" is scored as the sub-words of "untoPharaoh").
+        config.update(doc_to_target="{{' ' + target}}")
     return config
 
 
