@@ -38,7 +38,7 @@ import yaml
 from transformers import HfArgumentParser, set_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain import build_model, parse as parse_recipe  # noqa: E402  (the pretraining recipe, reused as is)
+from pretrain import add_bundled_tasks, build_model, parse as parse_recipe  # noqa: E402  (the pretraining recipe, reused)
 
 from hf_wsd import WSDTrainer  # noqa: E402
 from hf_wsd.data import build_lm_datasets  # noqa: E402
@@ -168,7 +168,7 @@ def train_run(recipe_argv, fingerprint, schedule, budgets, run_dir: Path, get_da
     return record
 
 
-def prepare_data(data_args, args, output_dir: Path):
+def prepare_data(data_args, args):
     """The recipe's data (corpus, split, tokenizer, packed blocks), the held-out blocks and the shared tasks."""
     data = build_lm_datasets(
         corpus=data_args.corpus, tokenizer=data_args.tokenizer_name, vocab_size=data_args.vocab_size,
@@ -178,16 +178,10 @@ def prepare_data(data_args, args, output_dir: Path):
     heldout = data.heldout
     if data_args.max_eval_blocks is not None:
         heldout = heldout.select(range(min(len(heldout), data_args.max_eval_blocks)))
+    # Built once into output_dir/eval_tasks (decontaminated against the training documents) and shared:
+    # every method is scored on the same items.
+    add_bundled_tasks(args, data_args, data)
     paths, names = list(args.eval_task_paths), list(args.eval_tasks)
-    if data_args.bundled_tasks:
-        from hf_wsd.tasks import build_bundled_tasks
-
-        # Built once, decontaminated against the training documents, and shared: every method sees the same items.
-        task_dir = output_dir / "eval_tasks"
-        built = build_bundled_tasks(data.heldout_documents, task_dir, n_examples=data_args.bundled_task_examples,
-                                    seed=args.seed, train_documents=data.train_documents)
-        paths.append(str(task_dir))
-        names += [n for n in built if n not in names]
     print(data.describe(), flush=True)
     print(f"held-out evaluation: {len(heldout)} blocks of {data.block_size} tokens; tasks: {names or 'none'}", flush=True)
     return data, heldout, (paths, names)
@@ -448,7 +442,7 @@ def main(argv: list[str]) -> list[dict]:
         tokens_per_update = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * data_args.block_size
         reference = run_config(recipe_argv, schedule="wsd-s")[2].build_plan(tokens_per_update)
         if not compare.report_only:
-            get_data = functools.cache(lambda: prepare_data(data_args, args, output_dir))
+            get_data = functools.cache(lambda: prepare_data(data_args, args))
             for method in compare.methods:
                 for run_dir, run_budgets in run_dirs(output_dir, method, budgets):
                     own = {"decay_fraction": compare.wsd_decay_fraction} if method == "wsd" and compare.wsd_decay_fraction else {}

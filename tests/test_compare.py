@@ -27,7 +27,10 @@ def compare_module():
 
 @pytest.fixture(scope="module")
 def quick_run(compare_module, tmp_path_factory):
-    """The quick comparison on the first 150 KJV chapters: every method, every budget, held-out loss only."""
+    """The quick comparison on the first 150 KJV chapters: every method, every budget, held-out loss only.
+
+    (The bundled tasks need blocks of 128 tokens at the quick 512-token vocabulary, which would double the time.)
+    """
     import os
 
     import torch
