@@ -23,7 +23,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from hub_server import LocalHub  # noqa: E402  (the tests' Hub-compatible server)
 from overhead import COMMON, data, model  # noqa: E402
 
-TOKEN = "hf_benchmarkTokenNotASecret0000000000"
+TOKEN = "hf_benchmark-token-not-a-secret"  # fake; the local server only
 
 
 def run(steps: int, train, publish: bool, endpoint: str) -> float:
