@@ -1,27 +1,27 @@
-"""The model card of one budget: ``README.md`` rendered from the budget folder's files and a template.
+"""The model card of one budget: ``README.md`` rendered from the budget folder's files and one template.
 
 The card is a pure function of the files on disk (``budget.json``, ``eval_results.json``, the plots and
-the sibling budgets' files) and of the repo id, so rendering it twice gives the same bytes: the trainer
-renders it right after saving a budget, the publisher again with the repo id once the budget is evaluated.
-The template lives in ``model_cards/budget_card.md`` (a copy ships as ``hf_wsd/templates/budget_card.md``).
+the sibling budgets' files) and of the repo id, so rendering it twice gives the same bytes. It is rendered
+once per budget by :class:`BudgetCard`, the subscriber that runs after evaluation (it also draws the
+budget's plots); the publisher re-renders it with the repo id to add the revision links. The template is
+``hf_wsd/templates/budget_card.md`` (package data; ``model_cards/README.md`` says so).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 
+from . import runs
+from .events import BudgetCallback, BudgetReached
 from .plan import format_tokens
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "budget_card.md"
-BUDGET_FILE = "budget.json"
-EVAL_FILE = "eval_results.json"
-CARD_FILE = "README.md"
-LR_SCHEDULE_IMAGE = "lr_schedule.png"
-LOSS_CURVE_IMAGE = "loss_curve.png"
 MAX_METRIC_COLUMNS = 4  # columns of eval metrics in the table of all budgets
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _MISSING = "—"
@@ -45,43 +45,26 @@ _SCHEDULE_DESCRIPTIONS = {
 }
 
 
-def read_budget(budget_dir: str | Path) -> dict:
-    """``budget.json`` of a budget folder; a clear error when the folder has none."""
-    path = Path(budget_dir) / BUDGET_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: the model card renders from the budget's files, so write `{BUDGET_FILE}` "
-            "before calling `write_model_card`."
-        )
-    return json.loads(path.read_text())
-
-
-def read_eval_results(budget_dir: str | Path) -> dict | None:
-    """``eval_results.json`` of a budget folder, or ``None`` when the budget was not evaluated."""
-    path = Path(budget_dir) / EVAL_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def budgets_so_far(budget_dir: str | Path) -> list[tuple[Path, dict]]:
-    """``(folder, budget.json)`` of this budget and of its sibling budgets up to it, by step.
+def budgets_so_far(budget_dir: str | Path) -> list[runs.BudgetRecord]:
+    """This budget and its sibling budgets up to it, by step.
 
     "Up to it" keeps a budget's card independent of the budgets that come later, so re-rendering it
     after the run has moved on gives the same card (and publishing it again changes nothing).
     """
     budget_dir = Path(budget_dir)
-    this = read_budget(budget_dir)
-    found = {this["name"]: (budget_dir, this)}
-    for sibling in sorted(budget_dir.parent.iterdir()):
-        # Hidden folders are the trainer's half-written temporary budget folders.
-        if sibling == budget_dir or sibling.name.startswith(".") or not (sibling / BUDGET_FILE).is_file():
-            continue
-        try:
-            record = json.loads((sibling / BUDGET_FILE).read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if record.get("step") is not None and record["step"] <= this["step"] and record.get("name") not in found:
-            found[record["name"]] = (sibling, record)
-    return sorted(found.values(), key=lambda item: item[1]["step"])
+    step = runs.read_budget(budget_dir)["step"]
+    return runs.budget_records(budget_dir.parent.parent, up_to_step=step)
+
+
+def hub_id(name: str | None) -> str | None:
+    """``name`` when it reads as a Hub repo id (``org/name``); ``None`` for a local path or nothing.
+
+    The card's ``base_model`` metadata must be a Hub id: a local folder (a budget of an earlier run) stays
+    in the card's text only.
+    """
+    if name and re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name) and ".." not in name:
+        return name
+    return None
 
 
 def _finite(value) -> bool:
@@ -125,16 +108,16 @@ def _revision_link(name: str, repo_id: str | None, endpoint: str) -> str:
     return f"[`{name}`]({endpoint}/{repo_id}/tree/{name})" if repo_id else f"`budgets/{name}`"
 
 
-def _budget_table(budgets: list[tuple[Path, dict]], current: str, repo_id: str | None, endpoint: str):
-    evals = {record["name"]: read_eval_results(folder) or {} for folder, record in budgets}
+def _budget_table(budgets: list[runs.BudgetRecord], current: str, repo_id: str | None, endpoint: str):
+    evals = {b.name: b.evaluation or {} for b in budgets}
     columns: list[str] = []
     for results in evals.values():
         for result in results.get("results", []):
             if _metric_key(result) not in columns and len(columns) < MAX_METRIC_COLUMNS:
                 columns.append(_metric_key(result))
     rows = []
-    for _, record in budgets:
-        name = record["name"]
+    for budget in budgets:
+        record, name = budget.record, budget.name
         values = {_metric_key(r): r.get("value") for r in evals[name].get("results", [])}
         rows.append({
             "name": f"**{name}**" if name == current else name,
@@ -149,8 +132,8 @@ def _budget_table(budgets: list[tuple[Path, dict]], current: str, repo_id: str |
 
 
 def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> dict:
-    budget = read_budget(budget_dir)
-    evaluation = read_eval_results(budget_dir)
+    budget = runs.read_budget(budget_dir)
+    evaluation = runs.read_eval_results(budget_dir)
     name, step = budget["name"], budget["step"]
     schedule = budget.get("schedule") or "wsd-s"
     plan = budget.get("plan") or {}
@@ -174,7 +157,8 @@ def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> di
     if _finite(peak_lr):
         learning_rate = f"peak {peak_lr:.3g}"
         if _finite(min_ratio):
-            learning_rate += f", decayed to {peak_lr * min_ratio:.3g}" + (f" ({min_ratio:g} × peak)" if min_ratio else "")
+            learning_rate += f", decayed to {peak_lr * min_ratio:.3g}"
+            learning_rate += f" ({min_ratio:g} × peak)" if min_ratio else ""
     warmup = budget.get("warmup_steps")
     num_parameters = budget.get("num_parameters")
     parameters = f"{num_parameters / 1e6:.3g}M ({num_parameters:,})" if isinstance(num_parameters, int) else None
@@ -232,8 +216,8 @@ def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> di
         ),
         "budget_columns": columns,
         "budget_rows": rows,
-        "lr_schedule_image": LR_SCHEDULE_IMAGE if (budget_dir / LR_SCHEDULE_IMAGE).is_file() else None,
-        "loss_curve_image": LOSS_CURVE_IMAGE if (budget_dir / LOSS_CURVE_IMAGE).is_file() else None,
+        "lr_schedule_image": runs.LR_SCHEDULE_IMAGE if (budget_dir / runs.LR_SCHEDULE_IMAGE).is_file() else None,
+        "loss_curve_image": runs.LOSS_CURVE_IMAGE if (budget_dir / runs.LOSS_CURVE_IMAGE).is_file() else None,
         "has_tokenizer": any((budget_dir / f).is_file() for f in _TOKENIZER_FILES),
         "adapter": budget.get("adapter"),  # lean runs (hf_wsd/lean.py): an adapter-only budget
         "load_path": repo_id or f"budgets/{name}",
@@ -252,7 +236,7 @@ def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> di
         "tokens_per_update": f"{tokens_per_update:,}" if isinstance(tokens_per_update, int) else _MISSING,
         "seed": budget.get("seed", _MISSING),
         "base_model": base_model,
-        "base_model_url": f"{endpoint}/{base_model}" if base_model else None,
+        "base_model_url": f"{endpoint}/{base_model}" if hub_id(base_model) else None,
         "plan_json": json.dumps(plan, indent=2),
     }
 
@@ -270,11 +254,11 @@ def render_model_card(
         budget_dir: the budget folder (``budget.json`` required, ``eval_results.json`` and plots optional).
         repo_id: the Hub repo the budget is published to; links and loading snippets use it when given.
         endpoint: the Hub address used in links (default: ``HF_ENDPOINT``, i.e. https://huggingface.co).
-        template_path: a Jinja template to use instead of ``model_cards/budget_card.md``.
+        template_path: a Jinja template to use instead of ``hf_wsd/templates/budget_card.md``.
     """
     budget_dir = Path(budget_dir)
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
-    budget = read_budget(budget_dir)
+    budget = runs.read_budget(budget_dir)
     values = _template_values(budget_dir, repo_id, endpoint)
     model_name = f"{repo_id.split('/')[-1]}-{budget['name']}" if repo_id else budget["name"]
     card_data = ModelCardData(
@@ -282,8 +266,8 @@ def render_model_card(
         library_name="peft" if budget.get("adapter") else "transformers",  # adapter-only budgets load with peft
         pipeline_tag="text-generation",
         tags=["hf-wsd", budget.get("schedule") or "wsd-s"],
-        base_model=budget.get("base_model") or None,
-        eval_results=eval_card_results(read_eval_results(budget_dir)) or None,
+        base_model=hub_id(budget.get("base_model")),
+        eval_results=eval_card_results(runs.read_eval_results(budget_dir)) or None,
     )
     return ModelCard.from_template(card_data, template_path=str(template_path or TEMPLATE_PATH), **values)
 
@@ -299,12 +283,44 @@ def write_model_card(
 
     Idempotent: the same files and ``repo_id`` give the same bytes, and the file is only rewritten when they change.
     """
-    path = Path(budget_dir) / CARD_FILE
+    path = Path(budget_dir) / runs.CARD_FILE
     content = str(render_model_card(budget_dir, repo_id, endpoint=endpoint, template_path=template_path))
     if not content.endswith("\n"):
         content += "\n"
     if not path.is_file() or path.read_text(encoding="utf-8") != content:
-        tmp = path.with_name(f".{CARD_FILE}.tmp")
+        tmp = path.with_name(f".{runs.CARD_FILE}.tmp")
         tmp.write_text(content, encoding="utf-8")
         tmp.replace(path)
     return path
+
+
+class BudgetCard(BudgetCallback):
+    """Subscriber that draws a budget's plots and renders its card, after evaluation and before publishing.
+
+    On the main process: ``lr_schedule.png`` (the run's LR curve, drawn once per plan and copied into each
+    folder), ``loss_curve.png`` (the training loss up to the budget) and ``README.md``.
+    """
+
+    priority = -100
+
+    def __init__(self):
+        self._lr_plot_plan: dict | None = None
+
+    def on_budget_reached(self, args, state, control, *, event: BudgetReached, trainer=None, **kwargs) -> None:
+        if not state.is_world_process_zero:
+            return
+        from .plots import plot_curves, plot_lr_schedule
+
+        folder, budget, plan = Path(event.folder), event.budget, event.plan
+        lr_plot = folder.parent / runs.LR_SCHEDULE_IMAGE
+        if self._lr_plot_plan != plan.to_dict() or not lr_plot.is_file():
+            plot_lr_schedule(plan, lr_plot, args.learning_rate)
+            self._lr_plot_plan = plan.to_dict()
+        shutil.copyfile(lr_plot, folder / runs.LR_SCHEDULE_IMAGE)
+        history = [(e["step"], e["loss"]) for e in state.log_history if "loss" in e and e["step"] <= budget.step]
+        if history:
+            steps, losses = zip(*history)
+            marks = [b.step for b in plan.budgets if b.step <= budget.step]
+            plot_curves({"training loss": (steps, losses)}, folder / runs.LOSS_CURVE_IMAGE, "optimizer update", "loss",
+                        title=f"training loss up to {budget.name}", marks=marks)
+        write_model_card(folder)

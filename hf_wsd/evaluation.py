@@ -17,26 +17,23 @@ lm-eval on the same inputs instead (untested here: no multi-GPU machine).
 from __future__ import annotations
 
 import contextlib
-import csv
 import importlib.metadata
-import json
 import logging
 import math
 import os
 import random
-import re
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .card import write_model_card
+from . import runs
 from .events import BudgetCallback, BudgetReached
+from .summary import write_summary
 from .tasks import BUNDLED_TASKS, build_bundled_tasks, validation
 from .tasks.validation import LOCAL_LOADERS, as_list, is_offline, validate_tasks
 
-__all__ = ["BudgetEvaluator", "validate_tasks", "is_offline", "summarize", "write_summary", "format_summary",
-           "lm_eval_rows", "preserved_training_state"]
+__all__ = ["BudgetEvaluator", "validate_tasks", "is_offline", "lm_eval_rows", "preserved_training_state"]
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -85,15 +82,12 @@ def _quiet_lm_eval():
             os.environ["DISABLE_MULTIPROC"] = previous
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    scratch = path.with_name(f".{path.name}.tmp")
-    scratch.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(scratch, path)  # readers never see a half-written file
-
-
 # ------------------------------------------------------------------------------------------- the callback
 class BudgetEvaluator(BudgetCallback):
     """Evaluate each budget's checkpoint when it is reached; summarize all budgets at the end of training.
+
+    Runs first among the budget subscribers (``priority`` 100), so the card and the published branch hold
+    the results.
 
     Args:
         eval_tasks: lm-eval task names: bundled (``wsd_next_passage``, ``wsd_cloze``), in ``eval_task_paths``,
@@ -111,6 +105,8 @@ class BudgetEvaluator(BudgetCallback):
         bootstrap_iters: lm-eval bootstrap draws for stderr (0: none; ``mean`` metrics need no draws).
         barrier_timeout_s: how long other ranks wait for the main process's lm-eval run.
     """
+
+    priority = 100
 
     def __init__(
         self,
@@ -162,6 +158,11 @@ class BudgetEvaluator(BudgetCallback):
     def on_budget_reached(self, args, state, control, *, event: BudgetReached, trainer: "Trainer", **kwargs):
         if not self.enabled:
             return
+        # A budget evaluated before the run was interrupted is not evaluated again (the main process decides:
+        # every rank must take the same path through the collective held-out evaluation).
+        if event.replayed and _from_main(trainer, runs.read_eval_results(event.folder) is not None):
+            logger.info("%s was evaluated before this resume; not evaluating it again.", event.budget.name)
+            return
         start = time.perf_counter()
         results: list[dict] = []
         with preserved_training_state(trainer.model, getattr(trainer, "model_wrapped", None)):
@@ -173,13 +174,11 @@ class BudgetEvaluator(BudgetCallback):
         self._eval_seconds += seconds
         train_seconds = max(self._train_seconds(), 1e-9)
         budget = event.budget
-        if state.is_world_process_zero:
-            _write_json(Path(event.folder) / "eval_results.json", {
+        if state.is_world_process_zero:  # the card subscriber (hf_wsd.card.BudgetCard) shows them next
+            runs.write_json(Path(event.folder) / runs.EVAL_FILE, {
                 "budget": budget.name, "step": budget.step, "tokens": budget.tokens,
                 "lm_eval_version": _lm_eval_version(), "seconds": round(seconds, 3), "results": results,
             })
-            if (Path(event.folder) / "budget.json").is_file():  # a WSDTrainer folder: its card shows the results
-                write_model_card(event.folder)  # (publishing re-renders it with the repo's links)
         logs = {"budget/step": float(budget.step)}
         if budget.tokens is not None:
             logs["budget/tokens"] = float(budget.tokens)
@@ -266,7 +265,7 @@ class BudgetEvaluator(BudgetCallback):
         known = set(validation.task_index(tuple(paths), False)) if paths else set()
         bundled = [t for t in self.eval_tasks if t in BUNDLED_TASKS and t not in known]
         if bundled:
-            directory = Path(self.tasks_dir or Path(args.output_dir) / "eval_tasks").resolve()
+            directory = Path(self.tasks_dir or Path(args.output_dir) / runs.TASKS_DIR).resolve()
             if write:
                 heldout = self.heldout_documents or _decode_documents(trainer.eval_dataset, trainer.processing_class)
                 if not heldout:
@@ -353,63 +352,11 @@ def _lm_eval_version() -> str:
     return importlib.metadata.version("lm_eval")
 
 
-# -------------------------------------------------------------------------------------------- the summary
-def summarize(output_dir: str | Path) -> list[dict]:
-    """One row per evaluated budget under ``{output_dir}/budgets/``, ordered by step (works after a resume)."""
-    rows = []
-    for path in sorted(Path(output_dir, "budgets").glob("*/eval_results.json")):
-        record = json.loads(path.read_text())
-        row = {"budget": record["budget"], "step": record["step"], "tokens": record["tokens"],
-               "eval_seconds": record.get("seconds")}
-        row.update({f"{r['task']}_{r['metric']}": r["value"] for r in record["results"]})
-        rows.append(row)
-    return sorted(rows, key=lambda r: r["step"])
+def _from_main(trainer: "Trainer", value):
+    """``value`` as the main process sees it, on every process."""
+    accelerator = getattr(trainer, "accelerator", None)
+    if accelerator is None or accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
 
-
-def format_summary(rows: list[dict]) -> str:
-    """A fixed-width table of :func:`summarize` rows."""
-    if not rows:
-        return "(no evaluated budgets)"
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def write_summary(output_dir: str | Path, timing: dict | None = None) -> list[dict]:
-    """Log the table; write ``eval_summary.csv``/``.json`` and ``eval_<metric>.png`` in ``{output_dir}/budgets``."""
-    from .plots import plot_curves
-
-    rows = summarize(output_dir)
-    folder = Path(output_dir, "budgets")
-    if not rows:
-        return rows
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with (folder / "eval_summary.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    _write_json(folder / "eval_summary.json", {"budgets": rows, "timing": timing or {}})
-    by_tokens = all(row["tokens"] is not None for row in rows)
-    xs = [row["tokens"] if by_tokens else row["step"] for row in rows]
-    for metric in columns[4:]:
-        points = [(x, row[metric]) for x, row in zip(xs, rows) if row.get(metric) is not None]
-        if points:
-            plot_curves({metric: tuple(zip(*points))}, folder / f"eval_{re.sub(r'[^A-Za-z0-9_.-]', '_', metric)}.png",
-                        xlabel="tokens seen" if by_tokens else "optimizer updates", ylabel=metric,
-                        title=f"{metric} of each decayed checkpoint")
-    share = "" if not timing or timing.get("eval_share") is None else (
-        f"\nevaluation took {timing['eval_seconds']:.1f} s, {100 * timing['eval_share']:.1f}% of the training time "
-        f"({timing['train_seconds']:.1f} s) in this launch")
-    logger.info("Evaluation summary (%s):\n%s%s", folder, format_summary(rows), share)
-    return rows
+    return broadcast_object_list([value], from_process=0)[0]

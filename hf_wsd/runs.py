@@ -1,6 +1,17 @@
-"""On-disk bookkeeping of a WSD run: the plan file, budget folders and which checkpoint a resume may use.
+"""The on-disk layout of a WSD run: every file and folder name, the one atomic writer, and the readers.
 
-Plain functions over paths and plans; the trainer decides when to call them.
+    {output_dir}/
+      wsd_plan.json            the plan and run id (resume and extension check against it)
+      wsd_log.jsonl            one line per Trainer log (main path and WSD branches), appended by the main process
+      checkpoint-N/            the Trainer's resumable checkpoints of the main branch (+ wsd_state/ of hf_wsd)
+      budgets/
+        {name}/                one complete from_pretrained folder per budget, with budget.json,
+                               eval_results.json, README.md (the card) and its plots
+        eval_summary.csv/.json one row per evaluated budget
+        published.json         the publishing ledger
+
+Plain functions over paths and plans; the trainer and the subscribers decide when to call them. A damaged
+file is reported by name with the way to recover (:class:`RunFileError`), never as a bare ``JSONDecodeError``.
 """
 
 from __future__ import annotations
@@ -10,44 +21,161 @@ import os
 import re
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable
 
 from .plan import Budget, BudgetPlan
 
 PLAN_FILE = "wsd_plan.json"
+LOG_FILE = "wsd_log.jsonl"
 BUDGETS_DIR = "budgets"
 BUDGET_FILE = "budget.json"
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+EVAL_FILE = "eval_results.json"
+CARD_FILE = "README.md"
+LR_SCHEDULE_IMAGE = "lr_schedule.png"
+LOSS_CURVE_IMAGE = "loss_curve.png"
+LEDGER_FILE = "published.json"
+EVAL_SUMMARY_CSV = "eval_summary.csv"
+EVAL_SUMMARY_JSON = "eval_summary.json"
+TASKS_DIR = "eval_tasks"
+STATE_DIR = "wsd_state"  # inside a checkpoint: hf_wsd's own state (data feed positions, averages)
+TMP_PREFIX = ".tmp-"  # budget folders being written; hidden, so no reader ever takes one for a budget
+CHECKPOINT_PREFIX = "checkpoint-"
+_CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
-def write_json(path: Path, payload: dict) -> None:
-    """Write JSON atomically (a crash leaves the old file or the new one, never half of one)."""
+class RunFileError(ValueError):
+    """A file of the run is damaged; the message names it and how to recover."""
+
+
+# ----------------------------------------------------------------------------------------------- files
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
 
 
+def read_json(path: str | Path, fix: str) -> Any:
+    """Read a JSON file of the run; a damaged one raises :class:`RunFileError` naming it and ``fix``."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunFileError(f"{path} is damaged ({error}); {fix}") from error
+
+
+def append_log(output_dir: str | Path, entry: dict) -> None:
+    """Append one entry to the run's log (``wsd_log.jsonl``; one JSON object per line)."""
+    with (Path(output_dir) / LOG_FILE).open("a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def read_log(output_dir: str | Path) -> list[dict]:
+    """The run's log entries; a line cut short by a crash (only ever the last) is skipped."""
+    path = Path(output_dir) / LOG_FILE
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
+# ----------------------------------------------------------------------------------------------- the run
 def read_run(output_dir: Path) -> dict | None:
     """The run recorded in ``output_dir`` (its plan and run id), or ``None`` for a fresh directory."""
-    path = output_dir / PLAN_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    path = Path(output_dir) / PLAN_FILE
+    if not path.is_file():
+        return None
+    return read_json(path, "start over with overwrite_output_dir=True (budget folders already written are kept "
+                           "until the new run replaces them), or restore the file from a backup.")
 
 
 def new_run_record(plan: BudgetPlan) -> dict:
     return {"run_id": uuid.uuid4().hex, "plan": plan.to_dict()}
 
 
-def budget_folder(output_dir: Path, budget: Budget) -> Path:
-    return output_dir / BUDGETS_DIR / budget.name
+def plan_from_dict(payload: dict) -> BudgetPlan:
+    fields = {k: v for k, v in payload.items() if k != "resolved"}
+    return BudgetPlan(**fields)
+
+
+# ----------------------------------------------------------------------------------------------- budgets
+@dataclass(frozen=True)
+class BudgetRecord:
+    """A complete budget folder and its ``budget.json``."""
+
+    folder: Path
+    record: dict
+
+    @property
+    def name(self) -> str:
+        return self.record["name"]
+
+    @property
+    def step(self) -> int:
+        return self.record["step"]
+
+    @property
+    def evaluation(self) -> dict | None:
+        """``eval_results.json`` of the budget, or ``None`` when it was not evaluated."""
+        return read_eval_results(self.folder)
+
+
+def budgets_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / BUDGETS_DIR
+
+
+def budget_folder(output_dir: str | Path, budget: Budget | str) -> Path:
+    return budgets_dir(output_dir) / (budget if isinstance(budget, str) else budget.name)
+
+
+def read_budget(folder: str | Path) -> dict:
+    """``budget.json`` of a budget folder (a clear error when it is missing or damaged)."""
+    path = Path(folder) / BUDGET_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {Path(folder)} is not a complete budget folder.")
+    return read_json(path, f"delete {Path(folder)} and resume the run to write the budget again.")
+
+
+def read_eval_results(folder: str | Path) -> dict | None:
+    path = Path(folder) / EVAL_FILE
+    if not path.is_file():
+        return None
+    return read_json(path, f"delete {path} and resume the run: the budget is evaluated again.")
+
+
+def budget_records(output_dir: str | Path, up_to_step: int | None = None) -> list[BudgetRecord]:
+    """The run's complete budget folders (those with ``budget.json``), by step; ``up_to_step`` keeps earlier ones."""
+    root = budgets_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.iterdir():
+        if folder.is_dir() and not folder.name.startswith(".") and (folder / BUDGET_FILE).is_file():
+            record = BudgetRecord(folder, read_budget(folder))
+            if up_to_step is None or record.step <= up_to_step:
+                found.append(record)
+    return sorted(found, key=lambda r: r.step)
 
 
 def budget_is_written(output_dir: Path, budget: Budget, run_id: str) -> bool:
-    """True when this run already wrote ``budget``'s folder completely (``the folder is moved into place once complete)."""
-    record = output_dir / BUDGETS_DIR / budget.name / BUDGET_FILE
-    if not record.is_file():
+    """True when this run already wrote ``budget``'s folder completely (folders are moved into place once complete)."""
+    path = budget_folder(output_dir, budget) / BUDGET_FILE
+    if not path.is_file():
         return False
-    saved = json.loads(record.read_text())
+    saved = read_budget(path.parent)
     return saved.get("run_id") == run_id and saved.get("step") == budget.step
+
+
+def temporary_folder(output_dir: str | Path, budget: Budget) -> Path:
+    return budgets_dir(output_dir) / f"{TMP_PREFIX}{budget.name}"
 
 
 def finalize_folder(tmp: Path, final: Path) -> None:
@@ -57,15 +185,61 @@ def finalize_folder(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+def leftover_temporary_folders(output_dir: str | Path) -> list[Path]:
+    """Half-written budget folders a crash left behind."""
+    root = budgets_dir(output_dir)
+    return sorted(p for p in root.iterdir() if p.name.startswith(TMP_PREFIX)) if root.is_dir() else []
+
+
+def build_budget_record(
+    plan: BudgetPlan, budget: Budget, log_history: Iterable[dict], *, run_id: str | None, **details: Any
+) -> dict:
+    """``budget.json`` of ``budget``: where it sits in ``plan``, its training losses, and ``details`` (model, seed, …).
+
+    The training loss is the mean of the logged losses inside the budget's decay window.
+    """
+    window = [e for e in log_history if "loss" in e and budget.decay_start < e["step"] <= budget.step]
+    return {
+        "name": budget.name,
+        "index": budget.index,
+        "step": budget.step,
+        "tokens": budget.tokens,
+        "tokens_per_update": plan.tokens_per_update,
+        "schedule": plan.schedule,
+        "decay_shape": plan.decay_shape,
+        "decay_start": budget.decay_start,
+        "decay_steps": budget.decay_steps,
+        "branch": budget.branch,
+        "compute": budget.compute,
+        "min_lr_ratio": plan.min_lr_ratio,
+        "warmup_steps": plan.warmup_steps,
+        "train_loss": sum(e["loss"] for e in window) / len(window) if window else None,
+        "losses": [[e["step"], e["loss"], e.get("learning_rate")] for e in window],
+        **details,
+        "run_id": run_id,
+        "plan": plan.to_dict(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def checkpoint_folder(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
+
+
 def checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     """The Trainer's resumable checkpoints in ``output_dir`` as ``(step, path)``, newest first."""
     found = []
-    if output_dir.is_dir():
-        for child in output_dir.iterdir():
+    if Path(output_dir).is_dir():
+        for child in Path(output_dir).iterdir():
             match = _CHECKPOINT.match(child.name)
             if match and child.is_dir() and (child / "trainer_state.json").is_file():
                 found.append((int(match.group(1)), child))
     return sorted(found, reverse=True)
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    match = _CHECKPOINT.match(Path(path).name)
+    return None if match is None else int(match.group(1))
 
 
 def first_divergence(old: BudgetPlan, new: BudgetPlan) -> int:
@@ -75,11 +249,6 @@ def first_divergence(old: BudgetPlan, new: BudgetPlan) -> int:
         if old.lr_ratio(step) != new.lr_ratio(step):
             return step
     return horizon
-
-
-def plan_from_dict(payload: dict) -> BudgetPlan:
-    fields = {k: v for k, v in payload.items() if k != "resolved"}
-    return BudgetPlan(**fields)
 
 
 def resume_checkpoint(output_dir: Path, old_plan: BudgetPlan, new_plan: BudgetPlan, requested: str | bool) -> Path:
@@ -106,12 +275,12 @@ def resume_checkpoint(output_dir: Path, old_plan: BudgetPlan, new_plan: BudgetPl
             "with `overwrite_output_dir=True`."
         )
     path = Path(requested)
-    match = _CHECKPOINT.match(path.name)
-    if match is None or not (path / "trainer_state.json").is_file():
+    step = checkpoint_step(path)
+    if step is None or not (path / "trainer_state.json").is_file():
         raise ValueError(f"`resume_from_checkpoint`={requested!r} is not a Trainer checkpoint folder.")
-    if int(match.group(1)) > limit:
+    if step > limit:
         raise ValueError(
-            f"`resume_from_checkpoint`={requested!r} (update {match.group(1)}) lies past update {limit}, where the "
+            f"`resume_from_checkpoint`={requested!r} (update {step}) lies past update {limit}, where the "
             "saved plan and this one diverge; resume from an earlier checkpoint."
         )
     return path

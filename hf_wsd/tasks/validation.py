@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import BUNDLED_TASKS
+from .bundled import BUNDLED_TASKS
 
 LOCAL_LOADERS = ("json", "csv", "text", "parquet", "arrow", "pandas")
 _TRUE = ("1", "true", "yes", "on")
