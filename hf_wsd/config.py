@@ -1,19 +1,30 @@
-"""``WSDConfig``: ``TrainingArguments`` plus the budget plan, the evaluation and the publishing of budgets."""
+"""``WSDConfig``: ``TrainingArguments`` plus the budget plan, the evaluation and the publishing of budgets.
+
+The WSD fields live in :class:`WSDArguments`, a dataclass with no base, so they combine with any trainer's
+config: ``WSDConfig`` is ``WSDArguments`` + ``TrainingArguments``, and :func:`wsd_config_class` builds the same
+for another config class (e.g. TRL's ``SFTConfig``) to pair with :class:`~hf_wsd.trainer.WSDMixin`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .plan import BudgetPlan
+from .branching import BRANCH_RESTORES
+from .plan import BUDGET_UNITS, SCHEDULES, BudgetPlan
+from .schedules import DECAY_SHAPES
 
 
 @dataclass
-class WSDConfig(TrainingArguments):
+class WSDArguments:
     r"""
-    Configuration of [`WSDTrainer`]: every [`~transformers.TrainingArguments`] field, plus the fields below.
+    The budget plan, the evaluation of budgets and lean training, as fields of any trainer config.
+
+    Configuration of [`WSDTrainer`] ([`WSDConfig`]): every [`~transformers.TrainingArguments`] field, plus the
+    fields below.
 
     Parameters that control the budgets:
         budgets (`list[str]`):
@@ -71,12 +82,18 @@ class WSDConfig(TrainingArguments):
             Modules that get an adapter: names (`["q_proj", "v_proj"]`), one regex over full module names, or
             `["all-linear"]`; `None`: PEFT's default for the architecture (`q_proj`, `v_proj` for Llama).
         lora_modules_to_save (`list[str]` or `None`, *optional*, defaults to `None`):
-            Modules trained in full and saved with the adapter (e.g. `["embed_tokens", "lm_head"]` for a new vocabulary).
+            Modules trained in full and saved with the adapter (e.g. `["embed_tokens", "lm_head"]` for a new
+            vocabulary).
         save_merged_budgets (`bool`, *optional*, defaults to `False`):
             Also write each budget's base weights with the adapter merged in to `{budget}/merged/` (loads with
             `AutoModelForCausalLM`; holds a second copy of the model in memory while it is written).
 
     Parameters that control the run:
+        branch_restore (`str`, *optional*, defaults to `"auto"`):
+            How a WSD side branch keeps the main branch: `"device"` (a copy where the tensors are), `"cpu"` (host
+            memory), `"checkpoint"` (save at the branch point and restart `train()` from it) or `"auto"`
+            (checkpoint under FSDP / DeepSpeed, else a device copy when it fits, else host memory). The main
+            branch's resumable checkpoint at each branch point is written in every mode.
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):
             Start a new run in an `output_dir` that already holds one (its budget folders are replaced as the
             new run reaches them). Without it, such a directory is an error unless you resume.
@@ -88,30 +105,88 @@ class WSDConfig(TrainingArguments):
     `lr_scheduler_type` is ignored (the plan is the schedule).
     """
 
-    budgets: list[str] = field(default_factory=list, metadata={"help": "Increasing budgets: 1000 2000, or 2.5M 10M with --budget_unit tokens."})
-    budget_unit: str = field(default="steps", metadata={"help": "'steps' (optimizer updates) or 'tokens'."})
-    seq_length: int | None = field(default=None, metadata={"help": "Tokens per example; default: read from the first training example."})
-    schedule: str = field(default="wsd-s", metadata={"help": "'wsd-s', 'wsd', 'cyclic-cosine' or 'cosine'."})
-    decay_fraction: float | None = field(default=None, metadata={"help": "Decay length as a fraction of each period (WSD-S) or budget (WSD); default 0.1."})
-    decay_steps: int | None = field(default=None, metadata={"help": "Fixed decay length in updates, instead of decay_fraction."})
-    decay_shape: str = field(default="linear", metadata={"help": "'linear', 'cosine', '1-sqrt', 'inverse' or 'exp'."})
-    min_lr_ratio: float = field(default=0.0, metadata={"help": "Multiplier of learning_rate that each decay approaches."})
-    rewarmup_steps: int = field(default=0, metadata={"help": "WSD-S: updates to climb back to peak after each budget (0 = jump)."})
-    budget_eval: bool = field(default=True, metadata={"help": "Evaluate every decayed checkpoint (held-out loss + eval_tasks)."})
+    budgets: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Increasing budgets: 1000 2000, or 2.5M 10M with --budget_unit tokens."},
+    )
+    budget_unit: str = field(
+        default="steps",
+        metadata={"help": "Unit of `budgets`: optimizer updates or tokens.", "choices": list(BUDGET_UNITS)},
+    )
+    seq_length: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per example; default: read from the first training example."},
+    )
+    schedule: str = field(
+        default="wsd-s",
+        metadata={"help": "The LR schedule over the budgets.", "choices": list(SCHEDULES)},
+    )
+    decay_fraction: float | None = field(
+        default=None,
+        metadata={"help": "Decay length as a fraction of each period (WSD-S) or budget (WSD); default 0.1."},
+    )
+    decay_steps: int | None = field(
+        default=None,
+        metadata={"help": "Fixed decay length in updates, instead of decay_fraction."},
+    )
+    decay_shape: str = field(default="linear", metadata={"help": "Shape of each decay.", "choices": list(DECAY_SHAPES)})
+    min_lr_ratio: float = field(
+        default=0.0,
+        metadata={"help": "Multiplier of learning_rate that each decay approaches."},
+    )
+    rewarmup_steps: int = field(
+        default=0,
+        metadata={"help": "WSD-S: updates to climb back to peak after each budget (0 = jump)."},
+    )
+    budget_eval: bool = field(
+        default=True,
+        metadata={"help": "Evaluate every decayed checkpoint (held-out loss + eval_tasks)."},
+    )
     eval_tasks: list[str] = field(default_factory=list, metadata={"help": "lm-evaluation-harness task names."})
-    eval_task_paths: list[str] = field(default_factory=list, metadata={"help": "Directories of local lm-eval task YAMLs."})
+    eval_task_paths: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Directories of local lm-eval task YAMLs."},
+    )
     eval_limit: int | None = field(default=None, metadata={"help": "At most this many examples per lm-eval task."})
-    lm_eval_batch_size: int = field(default=8, metadata={"help": "Batch size of lm-eval (TrainingArguments.eval_batch_size stays the held-out loss batch)."})
-    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter on the frozen model (budgets hold the adapter only)."})
+    lm_eval_batch_size: int = field(
+        default=8,
+        metadata={"help": "Batch size of lm-eval (TrainingArguments.eval_batch_size stays the held-out loss batch)."},
+    )
+    use_peft: bool = field(
+        default=False,
+        metadata={"help": "Train a LoRA adapter on the frozen model (budgets hold the adapter only)."},
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the update is scaled by lora_alpha / lora_r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "Modules with an adapter: names, one regex, or all-linear; default: PEFT's per-architecture choice."})
-    lora_modules_to_save: list[str] | None = field(default=None, metadata={"help": "Modules trained in full and saved with the adapter."})
-    save_merged_budgets: bool = field(default=False, metadata={"help": "Also save each budget with the adapter merged in, in {budget}/merged/."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over in an output_dir that holds another run."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every X updates (below 1: a ratio of the run)."})
-    save_steps: float = field(default=1000, metadata={"help": "Save a resumable checkpoint every X updates."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Modules with an adapter: names, one regex, or all-linear; default: PEFT's per-architecture choice."
+            ),
+        },
+    )
+    lora_modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules trained in full and saved with the adapter."},
+    )
+    save_merged_budgets: bool = field(
+        default=False,
+        metadata={"help": "Also save each budget with the adapter merged in, in {budget}/merged/."},
+    )
+    branch_restore: str = field(
+        default="auto",
+        metadata={
+            "help": (
+                "How WSD branches keep the main branch: in device memory, host memory, or a checkpoint + restart."
+            ), "choices": list(BRANCH_RESTORES),
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an output_dir that holds another run."},
+    )
 
     def __post_init__(self):
         if isinstance(self.budgets, (str, int)):
@@ -133,9 +208,27 @@ class WSDConfig(TrainingArguments):
             raise ValueError(f"`max_steps`={self.max_steps} conflicts with token budgets: leave it at -1.")
         if self.seq_length is not None and self.seq_length < 1:
             raise ValueError(f"`seq_length` must be a positive integer; got {self.seq_length}.")
+        if self.branch_restore not in BRANCH_RESTORES:
+            choices = ", ".join(BRANCH_RESTORES)
+            raise ValueError(f"unknown `branch_restore` {self.branch_restore!r}; choose one of {choices}.")
+        self._check_adapter_fields()
         if self.max_steps == -1:
             self.max_steps = 1  # placeholder so TrainingArguments accepts the config; WSDTrainer sets the real value
         super().__post_init__()
+
+    def _check_adapter_fields(self) -> None:
+        """LoRA fields set without ``use_peft`` would silently train the full model: refuse them."""
+        defaults = {f.name: f.default for f in dataclasses.fields(WSDArguments)}
+        changed = [
+            name for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save")
+            if getattr(self, name) != defaults[name]
+        ]
+        if changed and not self.use_peft:
+            raise ValueError(
+                f"{', '.join(f'`{name}`' for name in changed)} set without `use_peft`: the full model would be trained "
+                "and the adapter settings ignored. Set use_peft=True, or drop them (a peft_config= passed to the "
+                "trainer carries its own settings)."
+            )
 
     def __getstate__(self) -> dict:
         """Pickles (``training_args.bin`` in every checkpoint and budget folder) never carry the Hub token."""
@@ -147,7 +240,9 @@ class WSDConfig(TrainingArguments):
         """The budget plan of this config, for ``tokens_per_update`` tokens per optimizer update."""
         warmup = self.warmup_steps
         if 0 < warmup < 1:  # a ratio of the run, as in TrainingArguments: resolve it against the last budget
-            probe = BudgetPlan(self.budgets, decay_steps=1, budget_unit=self.budget_unit, tokens_per_update=tokens_per_update)
+            probe = BudgetPlan(
+                self.budgets, decay_steps=1, budget_unit=self.budget_unit, tokens_per_update=tokens_per_update
+            )
             warmup = math.ceil(probe.total_steps * warmup)
         return BudgetPlan(
             budgets=self.budgets,
@@ -161,3 +256,31 @@ class WSDConfig(TrainingArguments):
             budget_unit=self.budget_unit,
             tokens_per_update=tokens_per_update,
         )
+
+
+@dataclass
+class WSDConfig(WSDArguments, TrainingArguments):
+    __doc__ = WSDArguments.__doc__
+
+    logging_steps: float = field(default=10, metadata={"help": "Log every X updates (below 1: a ratio of the run)."})
+    save_steps: float = field(default=1000, metadata={"help": "Save a resumable checkpoint every X updates."})
+
+
+def wsd_config_class(base: type) -> type:
+    """A config class with ``WSDArguments``' fields on top of ``base`` (a ``TrainingArguments`` subclass).
+
+    ``wsd_config_class(SFTConfig)`` is what :class:`~hf_wsd.trainer.WSDMixin` paired with TRL's ``SFTTrainer``
+    takes. The same class comes back for the same ``base``.
+    """
+    if not (isinstance(base, type) and issubclass(base, TrainingArguments)):
+        raise TypeError(f"`base` must be a TrainingArguments subclass; got {base!r}.")
+    if issubclass(base, WSDArguments):
+        return base
+    if base not in _COMBINED:
+        name = f"WSD{base.__name__}"
+        namespace = {"__module__": __name__, "__doc__": WSDArguments.__doc__}
+        _COMBINED[base] = dataclass(type(name, (WSDArguments, base), namespace))
+    return _COMBINED[base]
+
+
+_COMBINED: dict[type, type] = {TrainingArguments: WSDConfig}

@@ -1,14 +1,20 @@
-"""``WSDTrainer``: a ``transformers.Trainer`` that runs a budget plan and leaves one decayed model per budget.
+"""The budget machinery of WSD pretraining, as a mixin for any ``Trainer`` (:class:`WSDMixin`), and :class:`WSDTrainer`.
 
 The plan is the schedule (``create_scheduler``); the Trainer's own loop, checkpoints and resume logic do the
 rest. At each budget the trainer writes ``{output_dir}/budgets/{name}/`` and fires the *budget reached*
-event (see :mod:`hf_wsd.events`) for evaluation, publishing and user callbacks.
+event (:mod:`hf_wsd.events`) for the subscribers the config asks for (:mod:`hf_wsd.subscribers`: evaluation,
+the model card, publishing) and user callbacks; it imports none of them.
 
-WSD side branches reuse the Trainer's exact-resume machinery: at a branch point the main branch is saved as
-a regular checkpoint, the decay runs on the data the main branch would see next, and once the budget is
-written training restarts from that checkpoint — weights, optimizer, scheduler, RNG and data position —
-as if the branch had never happened. The Trainer's checkpoint code knows DDP, FSDP and DeepSpeed state,
-so branches need nothing of their own there (tested here: single process and DDP on CPU).
+Training data comes from an update-indexed feed (:mod:`hf_wsd.feed`): the examples of update ``t`` are a
+function of ``t``, so resume is O(1) and a WSD side branch restores the data position with everything else.
+WSD side branches run in memory (:mod:`hf_wsd.branching`): at a branch point the main branch is saved as a
+regular checkpoint (crash safety) and kept aside, the decay runs on the data the main branch would see next,
+the budget is written, and the main branch is put back in place — inside the same ``train()`` call. Under
+FSDP and DeepSpeed (sharded state) branches instead restart ``train()`` from the branch point's checkpoint
+through the Trainer's exact-resume path.
+
+Crash safety: a budget's folder is complete on disk before the checkpoint that lets a resume skip past it;
+budgets whose subscribers did not finish (evaluation, card) are replayed when the run resumes.
 """
 
 from __future__ import annotations
@@ -17,106 +23,116 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from transformers import Trainer
+from transformers.trainer_callback import CallbackHandler
 
-from . import lean, runs
-from .config import WSDConfig
-from .events import BudgetReached
+from . import branching, lean, runs
+from .config import WSDArguments
+from .events import BudgetReached, dispatch
+from .feed import FeedLoader, UpdateFeed, is_map_style
 from .lr_scheduler import BudgetPlanLR, get_budget_plan_scheduler
 from .plan import Budget, BudgetPlan
+from .subscribers import add_budget_subscribers
 
 logger = logging.getLogger(__name__)
 
+# Private Trainer hooks this mixin overrides (their arguments pass through unchanged). Present in every
+# transformers release of the supported range (pyproject.toml); a release without one fails here, at import.
+_PRIVATE_HOOKS = (
+    "_maybe_log_save_evaluate", "_save_checkpoint", "_prepare_for_training", "_load_from_checkpoint", "_load_rng_state",
+    "_remove_unused_columns", "_get_collator_with_removed_columns",
+)
+_missing = [name for name in _PRIVATE_HOOKS if not hasattr(Trainer, name)]
+if _missing:  # pragma: no cover - depends on the installed transformers
+    import transformers
 
-class WSDTrainer(Trainer):
-    """Drop-in ``Trainer`` for WSD / WSD-S pretraining: ``args`` is a :class:`WSDConfig`.
+    raise ImportError(
+        f"hf_wsd needs Trainer.{', Trainer.'.join(_missing)}, which transformers {transformers.__version__} lacks: "
+        "install a version in the range pyproject.toml declares."
+    )
+
+
+class BranchAwareCallbackHandler(CallbackHandler):
+    """Callbacks see one run: a WSD branch that restarts ``train()`` (checkpoint mode) announces no new begin/end."""
+
+    restarting = False  # the next on_train_begin is a restart after a branch
+    branch_ending = False  # the next on_train_end ends a branch's segment, not the run
+
+    def on_train_begin(self, args, state, control):
+        if self.restarting:
+            self.restarting = False
+            control.should_training_stop = False
+            return control
+        return super().on_train_begin(args, state, control)
+
+    def on_train_end(self, args, state, control):
+        if self.branch_ending:
+            self.branch_ending = False
+            return control
+        return super().on_train_end(args, state, control)
+
+
+class WSDMixin:
+    """WSD budgets for any ``Trainer`` subclass: ``class MyTrainer(WSDMixin, SFTTrainer)``; ``args`` must carry the
+    :class:`~hf_wsd.config.WSDArguments` fields (``WSDConfig``, or ``wsd_config_class(SFTConfig)``).
 
     Extra keywords: ``plan`` — a ready :class:`BudgetPlan` overriding the one built from ``args``;
     ``peft_config`` — a PEFT config (e.g. ``LoraConfig``): the model is wrapped with ``get_peft_model`` and budgets
     hold the adapter only (see :mod:`hf_wsd.lean`; ``use_peft`` in ``args`` does the same from config fields).
     """
 
-    def __init__(
-        self, model=None, args: WSDConfig | None = None, *pargs, plan: BudgetPlan | None = None, peft_config=None, **kwargs
-    ):
-        if not isinstance(args, WSDConfig):
-            raise TypeError(f"WSDTrainer needs `args` to be a WSDConfig; got {type(args).__name__}.")
+    def __init__(self, model=None, args=None, *pargs, plan: BudgetPlan | None = None, peft_config=None, **kwargs):
+        if not isinstance(args, WSDArguments):
+            raise TypeError(
+                f"{type(self).__name__} needs `args` with the WSD fields (WSDConfig, or wsd_config_class(...)); "
+                f"got {type(args).__name__}."
+            )
         optimizers = kwargs.get("optimizers", (None, None))
         if optimizers[1] is not None:
-            raise ValueError("`optimizers`: WSDTrainer builds the LR scheduler from the budget plan; pass (optimizer, None).")
+            raise ValueError("`optimizers`: the LR scheduler is built from the budget plan; pass (optimizer, None).")
         if args.schedule == "wsd" and args.save_only_model:
-            raise ValueError("`save_only_model=True` cannot restore WSD branches (they need optimizer state); set it to False.")
+            raise ValueError(
+                "`save_only_model=True` cannot restore WSD branches (they need optimizer state); set it to False."
+            )
         model = lean.prepare_model(model, args, peft_config)  # PEFT adapters: hf_wsd/lean.py
         super().__init__(model, args, *pargs, **kwargs)
         if args.save_merged_budgets and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError(
-                "`save_merged_budgets` merges an in-memory copy of the model, which FSDP and DeepSpeed shard: set it to "
-                "False and merge a budget's adapter afterwards (PeftModel.from_pretrained(...).merge_and_unload())."
+                "`save_merged_budgets` merges an in-memory copy of the model, which FSDP and DeepSpeed shard: set it "
+                "to False and merge a budget's adapter afterwards (PeftModel.from_pretrained(...).merge_and_unload())."
             )
+        # The feed positions the data itself: the Trainer must not skip (re-read) batches on resume.
+        self.args.ignore_data_skip = True
         self.plan = plan if plan is not None else args.build_plan(self._tokens_per_update())
         self.args.max_steps = self.plan.total_steps
         self.output_path = Path(self.args.output_dir)
+        self.run_id: str | None = None
+        self.feed: UpdateFeed | None = None
+        self.branch_restore: str | None = None  # decided when training starts (it needs the optimizer)
+        self._snapshot: branching.MainBranchSnapshot | None = None
         self._restart_from: Path | None = None
         self._handled_step = -1
-        self._branch_started_at = 0.0
-        self._restart_started: float | None = None
-        self._lr_plot_plan: dict | None = None
-        # Wall time of WSD branch switches against the branches' own updates (reported by benchmarks).
-        self.branch_seconds = {"snapshot": 0.0, "restore": 0.0, "branch_updates": 0.0}
-        self.run_id: str | None = None
-        self._add_budget_subscribers()
+        self._reached: set[int] = set()  # budgets handled in this process (a checkpoint save and the update hook)
+        handler = self.callback_handler
+        self.callback_handler = BranchAwareCallbackHandler(
+            handler.callbacks, handler.model, handler.processing_class, handler.optimizer, handler.lr_scheduler
+        )
+        add_budget_subscribers(self)
 
     # ------------------------------------------------------------------------------------------- set-up
     def _tokens_per_update(self) -> int | None:
-        seq_length = self.args.seq_length
-        if seq_length is None and self.train_dataset is not None:
-            try:
-                seq_length = len(self.train_dataset[0]["input_ids"])
-            except (TypeError, KeyError, IndexError, NotImplementedError):
-                seq_length = None
+        args = self.args
+        seq_length = args.seq_length if args.seq_length is not None else _row_length(self.train_dataset)
         if seq_length is None:
-            if self.args.budget_unit == "tokens":
+            if args.budget_unit == "tokens":
                 raise ValueError(
-                    "token budgets need the sequence length, and the training data does not tell it: set "
-                    "`seq_length` in WSDConfig."
+                    "token budgets need the sequence length, and the training data does not tell it (a stream, or "
+                    "rows of varying length): set `seq_length` in the config (tokens per training example)."
                 )
             return None
-        args = self.args
         return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * seq_length
-
-    def _add_budget_subscribers(self) -> None:
-        """Evaluation first, then publishing (the card needs the eval results)."""
-        args = self.args
-        if args.budget_eval:
-            from .evaluation import BudgetEvaluator, validate_tasks
-
-            self._check_heldout_batches()
-
-            validate_tasks(args.eval_tasks, args.eval_task_paths)  # fail now, not after hours of compute
-            self.add_callback(
-                BudgetEvaluator(
-                    eval_tasks=args.eval_tasks,
-                    eval_task_paths=args.eval_task_paths,
-                    eval_limit=args.eval_limit,
-                    eval_batch_size=args.lm_eval_batch_size,
-                )
-            )
-        if args.push_to_hub:
-            from .publishing import HubPublisher
-
-            self.add_callback(HubPublisher.from_args(args))
-
-    def _check_heldout_batches(self) -> None:
-        """With ``dataloader_drop_last`` a held-out set smaller than one batch would score nothing: say so now."""
-        datasets = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval_dataset": self.eval_dataset}
-        batch = self.args.eval_batch_size * self.args.world_size
-        for name, dataset in datasets.items():
-            if self.args.dataloader_drop_last and hasattr(dataset, "__len__") and len(dataset) < batch:
-                raise ValueError(
-                    f"`dataloader_drop_last` drops every held-out batch: {name} has {len(dataset)} examples, fewer than "
-                    f"one batch ({batch}); lower `per_device_eval_batch_size` or set dataloader_drop_last=False."
-                )
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """Repos and branches are the publisher's job (one branch per budget)."""
@@ -124,8 +140,8 @@ class WSDTrainer(Trainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Resumable checkpoints stay local; budgets are published by :class:`~hf_wsd.publishing.HubPublisher`."""
 
-    def create_optimizer(self, model=None):
-        optimizer = super().create_optimizer(model)
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
         lean.forget_stale_bnb_overrides(optimizer)  # bitsandbytes: a run must not depend on earlier runs in the process
         return optimizer
 
@@ -135,26 +151,36 @@ class WSDTrainer(Trainer):
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
+    def get_train_dataloader(self) -> FeedLoader:
+        """The update-indexed feed over ``train_dataset`` (built once; the Trainer iterates it)."""
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        if self.feed is None:
+            dataset, collator = self.train_dataset, self.data_collator
+            if _is_hf_dataset(dataset):
+                dataset = self._remove_unused_columns(dataset, description="training")
+            else:
+                collator = self._get_collator_with_removed_columns(collator, description="training")
+            self.feed = UpdateFeed(
+                dataset, collator, self._train_batch_size, self.args.gradient_accumulation_steps,
+                self.args.world_size, self.args.process_index, seed=_data_seed(self.args),
+            )
+        return FeedLoader(self.feed, lambda: self.state.global_step)
+
     # ------------------------------------------------------------------------------------------- the run
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """Train through every budget of the plan; ``resume_from_checkpoint`` continues or extends a run."""
         checkpoint = self._prepare_run(resume_from_checkpoint)
         logger.info("Budget plan:\n%s", self.plan.describe(self.args.learning_rate))
-        handler = self.callback_handler
-        try:
-            while True:
-                self._restart_from = None
-                self._handled_step = -1
-                output = super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
-                if self._restart_from is None:
-                    return output
-                # A WSD branch ended: restart from its branch point. Callbacks see one run, not segments.
-                checkpoint = str(self._restart_from)
-                handler.on_train_begin = _resume_quietly
-                handler.__dict__.pop("on_train_end", None)
-        finally:
-            handler.__dict__.pop("on_train_begin", None)
-            handler.__dict__.pop("on_train_end", None)
+        while True:
+            self._restart_from = None
+            self._handled_step = -1
+            output = super().train(checkpoint, *args, **kwargs)
+            if self._restart_from is None:
+                return output
+            # A WSD branch ended (checkpoint mode): restart from its branch point. Callbacks see one run.
+            checkpoint = str(self._restart_from)
+            self.callback_handler.restarting = True
 
     def _prepare_run(self, resume: str | bool | None) -> str | None:
         """Check the output dir against the plan; returns the checkpoint to start from."""
@@ -178,40 +204,96 @@ class WSDTrainer(Trainer):
                 logger.info("Extending the run: %r → %r, from %s", old_plan, self.plan, checkpoint)
         self.run_id = self._from_main(record["run_id"])
         if self.args.should_save:
-            (output_dir / runs.BUDGETS_DIR).mkdir(parents=True, exist_ok=True)
+            runs.budgets_dir(output_dir).mkdir(parents=True, exist_ok=True)
+            for leftover in runs.leftover_temporary_folders(output_dir):
+                logger.warning("Removing %s, a budget folder an interrupted launch left half-written", leftover)
+                shutil.rmtree(leftover, ignore_errors=True)
             runs.write_json(output_dir / runs.PLAN_FILE, record)
         self.accelerator.wait_for_everyone()
+        if checkpoint is not None:
+            self._replay_unfinished_budgets(Path(checkpoint))
         return checkpoint
 
-    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
-        model, train_dataloader = super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
-        if self._restart_started is not None:
-            self.branch_seconds["restore"] += time.perf_counter() - self._restart_started
-            self._restart_started = None
-        # Resumed at a branch point (after a branch, or after a crash): the next branch may start right here.
-        if self.lr_scheduler.branch is None:
+    def _replay_unfinished_budgets(self, checkpoint: Path) -> None:
+        """Budgets written before the interruption but not evaluated or carded: replay their event now.
+
+        Only those the resumed run will not reach again (at or before the checkpoint's step); the model gets the
+        budget's weights from its folder, the state the checkpoint's (``train()`` loads the checkpoint right after).
+        """
+        from transformers import TrainerState
+
+        step = runs.checkpoint_step(checkpoint)
+        for budget in self.plan.budgets:
+            folder = runs.budget_folder(self.output_path, budget)
+            if budget.step > step or not self._written(budget) or not self._from_main(self._unfinished(folder)):
+                continue
+            logger.info("%s was written before the interruption but not evaluated or carded: finishing it", budget.name)
+            self.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+            self._load_from_checkpoint(str(folder))
+            self._dispatch_budget(budget, folder, replayed=True)
+
+    def _unfinished(self, folder: Path) -> bool:
+        evaluated = not self.args.budget_eval or (folder / runs.EVAL_FILE).is_file()
+        return not evaluated or not (folder / runs.CARD_FILE).is_file()
+
+    def _prepare_for_training(self, *args, **kwargs):
+        model, train_dataloader = super()._prepare_for_training(*args, **kwargs)
+        if self.branch_restore is None:
+            self.branch_restore, reason = branching.choose_branch_restore(self, self.args.branch_restore)
+            if any(b.branch for b in self.plan.budgets):
+                logger.info("WSD branches keep the main branch in %s memory (%s)", self.branch_restore, reason)
+        resumed = self._resume_checkpoint_in(args, kwargs)
+        if resumed is not None and self.feed is not None and self.feed.streaming:
+            self.feed.load_state_dict(_read_feed_state(resumed, self.args.process_index))
+        # Resumed at a branch point (after a branch in checkpoint mode, or after a crash): a branch may start here.
+        if self.lr_scheduler.branch is None and self._branch_starting(self.state.global_step) is not None:
+            if resumed is not None:
+                self._load_rng_state(resumed)  # the snapshot keeps the checkpoint's RNG (the Trainer loads it later)
             self._maybe_enter_branch(self.state.global_step)
         return model, train_dataloader
 
-    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time, learning_rate=None):
+    @staticmethod
+    def _resume_checkpoint_in(args: tuple, kwargs: dict) -> str | None:
+        """The ``resume_from_checkpoint`` argument of ``Trainer._prepare_for_training``."""
+        return kwargs.get("resume_from_checkpoint", args[2] if len(args) > 2 else None)
+
+    def _maybe_log_save_evaluate(self, *args, **kwargs):
         step = self.state.global_step
+        first_call = step != self._handled_step  # the Trainer calls this twice on an epoch's last update
+        self._handled_step = step
         if self.lr_scheduler.branch is not None:
             self.control.should_save = False  # checkpoints hold the main branch only
         elif self._needs_checkpoint(step):
             self.control.should_save = True
-        super()._maybe_log_save_evaluate(
-            tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time, learning_rate=learning_rate
-        )
-        if step != self._handled_step:  # called twice on an epoch's last update
-            self._handled_step = step
+        if first_call and self._budgets_due(step):
+            self.control.should_log = True  # the decay's last updates belong in the budget's record
+        super()._maybe_log_save_evaluate(*args, **kwargs)
+        if first_call:
             self._after_update(step)
 
-    def _save_checkpoint(self, model, trial) -> None:
-        started = time.perf_counter()
-        super()._save_checkpoint(model, trial)
-        if any(b.branch and b.decay_start == self.state.global_step for b in self.plan.budgets):
-            self.branch_seconds["snapshot"] += time.perf_counter() - started
+    def _save_checkpoint(self, *args, **kwargs) -> None:
+        # A budget due now is written first: a checkpoint that lets a resume skip past a budget never exists
+        # without the budget's folder (a kill between the two would lose the budget for good).
+        self._reach_due_budgets(self.state.global_step)
+        if self.feed is not None and self.feed.streaming:  # the stream's position, per rank, before the Trainer's
+            folder = runs.checkpoint_folder(self._get_output_dir(trial=None), self.state.global_step)  # files
+            _state_file(folder, self.args.process_index).parent.mkdir(parents=True, exist_ok=True)
+            runs.write_json(_state_file(folder, self.args.process_index), {"feed": self.feed.state_dict()})
+        super()._save_checkpoint(*args, **kwargs)
 
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        super().log(logs, *args, **kwargs)
+        if self.args.should_save and self.run_id is not None:  # the run's full record, branches included
+            entry = {**logs, "step": self.state.global_step, "branch": self.lr_scheduler_branch, "time": time.time()}
+            if self.state.num_input_tokens_seen:
+                entry["tokens_seen"] = self.state.num_input_tokens_seen
+            runs.append_log(self.output_path, entry)
+
+    @property
+    def lr_scheduler_branch(self) -> int | None:
+        return getattr(self.lr_scheduler, "branch", None)
+
+    # ------------------------------------------------------------------------------------------- branches
     def _needs_checkpoint(self, step: int) -> bool:
         """Main-path steps that must be resumable: branch points, in-line budgets, WSD's pre-decay point."""
         for budget in self.plan.budgets:
@@ -221,31 +303,62 @@ class WSDTrainer(Trainer):
                 return True
         return False
 
-    def _after_update(self, step: int) -> None:
-        branch = self.lr_scheduler.branch
+    def _budgets_due(self, step: int) -> list[Budget]:
+        """Budgets whose last update is ``step`` on the path the run is on (main path, or the current branch)."""
+        branch = self.lr_scheduler_branch
         if branch is not None:
             budget = self.plan.budgets[branch]
-            if step == budget.step:
-                self.branch_seconds["branch_updates"] += time.perf_counter() - self._branch_started_at
-                self._reach_budget(budget)
-                # Back to the branch point: the Trainer's exact resume restores the main branch.
-                self._restart_from = self.output_path / f"checkpoint-{budget.decay_start}"
-                self.control.should_training_stop = True
-                self.callback_handler.on_train_end = lambda args, state, control: control
-                self._restart_started = time.perf_counter()
-            return
-        for budget in self.plan.budgets:
-            if budget.step == step and not budget.branch:
-                self._reach_budget(budget)
-        self._maybe_enter_branch(step)
+            return [budget] if step == budget.step else []
+        return [b for b in self.plan.budgets if b.step == step and not b.branch]
 
-    def _maybe_enter_branch(self, step: int) -> None:
+    def _reach_due_budgets(self, step: int) -> None:
+        for budget in self._budgets_due(step):
+            if budget.index not in self._reached:
+                self._reached.add(budget.index)
+                self._reach_budget(budget)
+
+    def _after_update(self, step: int) -> None:
+        self._reach_due_budgets(step)
+        branch = self.lr_scheduler_branch
+        if branch is None:
+            self._maybe_enter_branch(step)
+        elif step == self.plan.budgets[branch].step:
+            self._leave_branch(self.plan.budgets[branch])
+
+    def _branch_starting(self, step: int) -> Budget | None:
+        """The WSD branch that leaves the main branch after update ``step``, unless this run already wrote it."""
         for budget in self.plan.budgets:
             if budget.branch and budget.decay_start == step and not self._written(budget):
-                logger.info("WSD branch for %s: %d decay updates from update %d", budget.name, budget.decay_steps, step)
-                self.lr_scheduler.enter_branch(budget.index)
-                self._branch_started_at = time.perf_counter()
-                return
+                return budget
+        return None
+
+    def _maybe_enter_branch(self, step: int) -> None:
+        budget = self._branch_starting(step)
+        if budget is None:
+            return
+        logger.info("WSD branch for %s: %d decay updates from update %d", budget.name, budget.decay_steps, step)
+        if self.branch_restore != "checkpoint":
+            self._snapshot = branching.take_snapshot(self, self._stateful_parts(), self.branch_restore)
+        self.lr_scheduler.enter_branch(budget.index)
+        dispatch(self.callback_handler.callbacks, "on_branch_begin", self.args, self.state, self.control,
+                 budget=budget, trainer=self)
+
+    def _leave_branch(self, budget: Budget) -> None:
+        """Back to the branch point: in place from the snapshot, or by restarting from its checkpoint."""
+        if self._snapshot is not None:
+            branching.restore_snapshot(self, self._snapshot, self._stateful_parts())
+            self._snapshot = None
+            self._handled_step = self.state.global_step
+        else:
+            self._restart_from = runs.checkpoint_folder(self.output_path, budget.decay_start)
+            self.control.should_training_stop = True
+            self.callback_handler.branch_ending = True
+        dispatch(self.callback_handler.callbacks, "on_branch_end", self.args, self.state, self.control,
+                 budget=budget, trainer=self)
+
+    def _stateful_parts(self) -> dict[str, Any]:
+        """hf_wsd's own state a branch snapshot must keep besides the Trainer's (the data feed's position)."""
+        return {"feed": self.feed} if self.feed is not None else {}
 
     def _written(self, budget: Budget) -> bool:
         """Decided on the main process (it owns the budget folders) so that every rank takes the same path."""
@@ -262,82 +375,106 @@ class WSDTrainer(Trainer):
     def _reach_budget(self, budget: Budget) -> None:
         """Write the budget's folder (once per run) and fire the *budget reached* event."""
         folder = runs.budget_folder(self.output_path, budget)
-        if self._written(budget):
+        replayed = self._written(budget)
+        if replayed:
             logger.info("%s was written before this resume; not rewriting it.", budget.name)
-            return
-        tmp = folder.with_name(f".tmp-{budget.name}")  # moved into place only once complete
-        self.save_model(str(tmp), _internal_call=True)  # every rank: FSDP and DeepSpeed gather the weights collectively
-        if self.args.should_save:
-            self._write_budget_files(budget, tmp)
-            runs.finalize_folder(tmp, folder)
-        self.accelerator.wait_for_everyone()
-        logger.info("Budget %s reached at update %d: %s", budget.name, budget.step, folder)
-        event = BudgetReached(budget=budget, folder=folder, plan=self.plan)
-        for callback in self.callback_handler.callbacks:
-            hook = getattr(callback, "on_budget_reached", None)
-            if hook is not None:
-                hook(self.args, self.state, self.control, event=event, trainer=self)
+        else:
+            tmp = runs.temporary_folder(self.output_path, budget)  # moved into place only once complete
+            self.save_model(str(tmp), _internal_call=True)  # every rank: FSDP and DeepSpeed gather the weights
+            if self.args.should_save:
+                runs.write_json(tmp / runs.BUDGET_FILE, self._budget_record(budget, tmp))
+                runs.finalize_folder(tmp, folder)
+            self.accelerator.wait_for_everyone()
+            logger.info("Budget %s reached at update %d: %s", budget.name, budget.step, folder)
+        self._dispatch_budget(budget, folder, replayed)
 
-    def _write_budget_files(self, budget: Budget, folder: Path) -> None:
-        from .card import write_model_card
-        from .plots import plot_curves, plot_lr_schedule
+    def _dispatch_budget(self, budget: Budget, folder: Path, replayed: bool) -> None:
+        event = BudgetReached(budget=budget, folder=folder, plan=self.plan, replayed=replayed)
+        dispatch(self.callback_handler.callbacks, "on_budget_reached", self.args, self.state, self.control,
+                 event=event, trainer=self)
 
-        window = [
-            entry for entry in self.state.log_history
-            if "loss" in entry and budget.decay_start < entry["step"] <= budget.step
-        ]
+    def _budget_record(self, budget: Budget, folder: Path) -> dict:
         model = self.accelerator.unwrap_model(self.model)
-        config = getattr(model, "config", None)
-        record = {
-            "name": budget.name,
-            "index": budget.index,
-            "step": budget.step,
-            "tokens": budget.tokens,
-            "tokens_per_update": self.plan.tokens_per_update,
-            "tokens_seen": self.state.num_input_tokens_seen or None,
-            "schedule": self.plan.schedule,
-            "decay_shape": self.plan.decay_shape,
-            "decay_start": budget.decay_start,
-            "decay_steps": budget.decay_steps,
-            "branch": budget.branch,
-            "compute": budget.compute,
-            "peak_lr": self.args.learning_rate,
-            "min_lr_ratio": self.plan.min_lr_ratio,
-            "warmup_steps": self.plan.warmup_steps,
-            "train_loss": sum(e["loss"] for e in window) / len(window) if window else None,
-            "losses": [[e["step"], e["loss"], e.get("learning_rate")] for e in window],
-            "base_model": getattr(self, "base_model", None),
-            "model_type": getattr(config, "model_type", None),
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-            "seed": self.args.seed,
-            "run_id": self.run_id,
-            "plan": self.plan.to_dict(),
-        }
-        # Lean runs (hf_wsd/lean.py): an adapter-only budget names its base model and how to load it.
-        record["optim"] = getattr(self.args.optim, "value", self.args.optim)
-        record["base_model"] = record["base_model"] or lean.base_model_name(model)
+        base_model = lean.base_model_name(model) or getattr(model, "name_or_path", None) or None
         merged = self.args.save_merged_budgets and lean.is_peft_model(model)
         if merged:
             lean.save_merged(model, folder / lean.MERGED_DIR, self.processing_class)
-        record["adapter"] = lean.adapter_record(model, budget.name, record["base_model"], merged)
-        # The LR curve is the same for every budget of the run: draw it once.
-        lr_plot = self.output_path / runs.BUDGETS_DIR / "lr_schedule.png"
-        if self._lr_plot_plan != self.plan.to_dict():
-            plot_lr_schedule(self.plan, lr_plot, self.args.learning_rate)
-            self._lr_plot_plan = self.plan.to_dict()
-        shutil.copyfile(lr_plot, folder / "lr_schedule.png")
-        history = [(e["step"], e["loss"]) for e in self.state.log_history if "loss" in e and e["step"] <= budget.step]
-        if history:
-            steps, losses = zip(*history)
-            plot_curves(
-                {"training loss": (steps, losses)}, folder / "loss_curve.png", "optimizer update", "loss",
-                title=f"training loss up to {budget.name}", marks=[b.step for b in self.plan.budgets if b.step <= budget.step],
-            )
-        runs.write_json(folder / runs.BUDGET_FILE, record)
-        write_model_card(folder)
+        return runs.build_budget_record(
+            self.plan, budget, self.state.log_history, run_id=self.run_id,
+            tokens_seen=self.state.num_input_tokens_seen or None,
+            peak_lr=self.args.learning_rate,
+            base_model=base_model,
+            model_type=getattr(getattr(model, "config", None), "model_type", None),
+            num_parameters=sum(p.numel() for p in model.parameters()),
+            seed=self.args.seed,
+            optim=getattr(self.args.optim, "value", self.args.optim),
+            adapter=lean.adapter_record(model, budget.name, base_model, merged),
+        )
 
 
-def _resume_quietly(args, state, control):
-    """``on_train_begin`` of a restart after a WSD branch: reset the stop flag, tell no callback."""
-    control.should_training_stop = False
-    return control
+class WSDTrainer(WSDMixin, Trainer):
+    """Drop-in ``Trainer`` for WSD / WSD-S pretraining: ``args`` is a :class:`~hf_wsd.config.WSDConfig`.
+
+    Without a ``data_collator`` it collates fixed-length blocks for causal LM training (labels = input ids, no
+    padding, no masking: a packed block's EOS separators are trained on).
+    """
+
+    def __init__(self, model=None, args=None, data_collator=None, *pargs, **kwargs):
+        if data_collator is None:
+            from transformers import default_data_collator
+
+            data_collator = _CausalBlocks(default_data_collator)
+        super().__init__(model, args, data_collator, *pargs, **kwargs)
+
+
+class _CausalBlocks:
+    """Collate rows of fixed-length ``input_ids``; adds ``labels`` (a copy) when the rows carry none."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = self.collate(rows)
+        if "input_ids" in batch:
+            batch["input_ids"] = batch["input_ids"].long()  # compactly stored ids (uint16) index the embedding
+            if "labels" not in batch:
+                batch["labels"] = batch["input_ids"].clone()
+        return batch
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _state_file(checkpoint: str | Path, rank: int) -> Path:
+    return Path(checkpoint) / runs.STATE_DIR / f"rank{rank}.json"
+
+
+def _read_feed_state(checkpoint: str | Path, rank: int) -> dict:
+    path = _state_file(checkpoint, rank)
+    if not path.is_file():
+        raise ValueError(
+            f"{checkpoint} holds no position of the training stream ({path} is missing): it was not written by "
+            "hf_wsd with this stream. Resume from a checkpoint of this run, or start over."
+        )
+    return runs.read_json(path, "resume from an earlier checkpoint (pass its path as resume_from_checkpoint).")["feed"]
+
+
+def _data_seed(args) -> int:
+    return args.data_seed if getattr(args, "data_seed", None) is not None else args.seed
+
+
+def _is_hf_dataset(dataset) -> bool:
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(dataset, datasets.Dataset)
+
+
+def _row_length(dataset, probe: int = 64) -> int | None:
+    """The length of the training rows if the first ``probe`` rows all share it; ``None`` for streams or ragged rows."""
+    if dataset is None or not is_map_style(dataset):
+        return None
+    try:
+        lengths = {len(dataset[i]["input_ids"]) for i in range(min(probe, len(dataset)))}
+    except (TypeError, KeyError, IndexError, NotImplementedError):
+        return None
+    return lengths.pop() if len(lengths) == 1 else None
