@@ -27,7 +27,8 @@ SIZES = {
     "tiny": dict(vocab_size=4096, hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, tie_word_embeddings=True),
     # GPT-2-small-sized Llama (32,000-token vocabulary, untied)
-    "124M": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+    "124M": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                 num_attention_heads=12,
                  num_key_value_heads=12, tie_word_embeddings=False),
 }
 SETTINGS = [
@@ -83,7 +84,8 @@ def main() -> None:
         for label, optim, lora in SETTINGS:
             with tempfile.TemporaryDirectory() as workdir:
                 row = measure(size, optim, lora, workdir)
-            print(f"{size:<6} {label:<26} {row['parameters']:>11,} {row['trainable']:>11,} {row['eight_bit_share']:>8.0%} "
+            print(f"{size:<6} {label:<26} {row['parameters']:>11,} {row['trainable']:>11,} "
+                  f"{row['eight_bit_share']:>8.0%} "
                   f"{row['state_bytes'] / 2**20:>12.2f} MiB {row['bytes_per_trainable']:>16.2f} "
                   f"{row['optimizer_pt_bytes'] / 2**20:>9.2f} MiB", flush=True)
 

@@ -75,17 +75,6 @@ def run_wsd(out: str, steps: int, train: Dataset) -> tuple[list[float], float]:
     return timer.times, time.perf_counter() - started
 
 
-def branch_switch_cost(steps: int, train: Dataset) -> dict[str, float]:
-    """WSD with 3 budgets: seconds spent saving/restoring the main branch vs the branches' own updates."""
-    budgets = [str(steps // 4), str(steps // 2), str(steps)]
-    with tempfile.TemporaryDirectory() as out:
-        args = WSDConfig(output_dir=out, budgets=budgets, schedule="wsd", warmup_steps=10, decay_fraction=0.2,
-                         budget_eval=False, **{**COMMON, "save_strategy": "steps", "save_steps": 10**6})
-        trainer = WSDTrainer(model=model(), args=args, train_dataset=train)
-        trainer.train()
-    return trainer.branch_seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -104,16 +93,13 @@ def main() -> None:
             walls[name].append(wall)
     median = {name: statistics.median(t) for name, t in steps.items()}
     wall = {name: statistics.median(w) for name, w in walls.items()}
-    print(f"{cli.rounds} interleaved rounds × {cli.steps} updates, tiny Llama (h128, 2 layers), batch {BATCH}×{SEQ} tokens, CPU")
+    print(f"{cli.rounds} interleaved rounds × {cli.steps} updates, tiny Llama (h128, 2 layers), "
+          f"batch {BATCH}×{SEQ} tokens, CPU")
     print(f"{'':<12} {'median update (ms)':>20} {'median run wall (s)':>20}")
     for name in steps:
         print(f"{name:<12} {median[name] * 1e3:>20.2f} {wall[name]:>20.2f}")
     print(f"ratio WSDTrainer / Trainer: per update {median['WSDTrainer'] / median['Trainer']:.3f}, "
           f"whole run {wall['WSDTrainer'] / wall['Trainer']:.3f} (includes writing 3 budget folders)")
-    cost = branch_switch_cost(cli.steps, train)
-    switch = cost["snapshot"] + cost["restore"]
-    print(f"WSD branch switches (2 branches): snapshot {cost['snapshot']:.2f} s + restore {cost['restore']:.2f} s "
-          f"vs the branches' own updates {cost['branch_updates']:.2f} s: ratio {switch / cost['branch_updates']:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,46 @@
+"""Pretrain a causal LM with WSD / WSD-S: one launch, one decayed, evaluated checkpoint per budget.
+
+The body of ``recipes/pretrain.py`` (``accelerate launch recipes/pretrain.py [CONFIG.yaml] [--field value ...]``);
+with no arguments it runs the embedded default, offline.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from ..config import WSDConfig
+from .arguments import DataArguments, ModelArguments
+from .parser import RecipeParser
+from .setup import add_bundled_tasks, build_model, first_blocks, load_data, machine_defaults
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "recipes" / "llama-tiny" / "pretrain" / "config_wsd_s.yaml"
+logger = logging.getLogger(__name__)
+
+
+def parser() -> RecipeParser:
+    return RecipeParser((DataArguments, ModelArguments, WSDConfig), DEFAULT_CONFIG, machine_defaults())
+
+
+def main(argv: Sequence[str] = ()):
+    """Train every budget of the config; returns the trainer (its ``output_dir`` holds the budgets)."""
+    from transformers import set_seed
+
+    from ..trainer import WSDTrainer
+
+    data_args, model_args, args = parser().parse(argv)
+    set_seed(args.seed)
+    data = load_data(data_args, args)
+    add_bundled_tasks(args, data_args, data)
+    model = build_model(model_args, data.tokenizer, data_args.block_size)
+    heldout = first_blocks(data.heldout, data_args.max_eval_blocks)
+    trainer = WSDTrainer(
+        model=model, args=args, train_dataset=data.train, eval_dataset=heldout, processing_class=data.tokenizer
+    )
+    if trainer.is_world_process_zero():
+        logger.info("%s", data.describe())
+        logger.info("model: %s parameters", f"{sum(p.numel() for p in model.parameters()):,}")
+        logger.info("plan:\n%s", trainer.plan.describe(args.learning_rate))
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    return trainer

@@ -1,0 +1,128 @@
+"""The set-up every recipe shares: machine defaults, data, held-out blocks, bundled benchmarks and the model."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import runs
+
+if TYPE_CHECKING:
+    from ..config import WSDConfig
+    from ..data import LMData
+    from .arguments import DataArguments, ModelArguments
+
+logger = logging.getLogger(__name__)
+
+
+def machine_defaults() -> dict[str, Any]:
+    """Defaults that depend on the machine, under any config: GPU-ready on CUDA (bf16, or fp16 where bf16 is
+    missing; fused AdamW), and ``use_cpu`` without a GPU (transformers joins a gloo launch only then)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"use_cpu": True}
+    bf16 = torch.cuda.is_bf16_supported()
+    return {"use_cpu": False, "bf16": bf16, "fp16": not bf16, "optim": "adamw_torch_fused"}
+
+
+def load_data(data_args: "DataArguments", args: "WSDConfig", tokenizer=None) -> "LMData":
+    """The recipe's corpus → held-out split → tokenizer (trained and cached, unless given) → packed blocks."""
+    from ..data import build_lm_datasets
+
+    return build_lm_datasets(
+        corpus=data_args.corpus,
+        tokenizer=tokenizer if tokenizer is not None else data_args.tokenizer_name,
+        vocab_size=data_args.vocab_size,
+        block_size=data_args.block_size,
+        heldout_fraction=data_args.heldout_fraction,
+        seed=args.seed,
+        dataset_config=data_args.dataset_config,
+        dataset_split=data_args.dataset_split,
+        text_column=data_args.text_column,
+    )
+
+
+def first_blocks(dataset, limit: int | None):
+    """The first ``limit`` blocks of a held-out set (all of them for ``None``)."""
+    return dataset if limit is None else dataset.select(range(min(len(dataset), limit)))
+
+
+def add_bundled_tasks(args: "WSDConfig", data_args: "DataArguments", data: "LMData") -> None:
+    """Build the offline benchmarks from the held-out documents and add them to the config's eval tasks."""
+    if not (args.budget_eval and data_args.bundled_tasks):
+        return
+    from ..tasks import build_bundled_tasks
+
+    task_dir = Path(args.output_dir) / runs.TASKS_DIR
+    names = build_bundled_tasks(
+        data.heldout_documents, task_dir, data_args.bundled_task_examples, args.seed,
+        train_documents=data.train_documents,
+    )
+    args.eval_task_paths = [*args.eval_task_paths, str(task_dir)]
+    args.eval_tasks = [*args.eval_tasks, *[n for n in names if n not in args.eval_tasks]]
+
+
+def attention_implementation(requested: str | None) -> str:
+    """``requested``, else flash-attention 2 on CUDA when ``flash_attn`` is installed, else PyTorch's SDPA."""
+    if requested is not None:
+        return requested
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def build_model(model_args: "ModelArguments", tokenizer, block_size: int):
+    """A checkpoint to continue (``model_name_or_path``), an architecture from scratch (``config_name``), or the
+    recipe's Llama; checked against the data before any compute (context length, vocabulary)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+    attention = attention_implementation(model_args.attn_implementation)
+    if model_args.model_name_or_path:
+        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, attn_implementation=attention)
+    elif model_args.config_name:
+        config = AutoConfig.from_pretrained(model_args.config_name, vocab_size=len(tokenizer))
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention)
+    else:
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=model_args.hidden_size,
+            intermediate_size=model_args.intermediate_size,
+            num_hidden_layers=model_args.num_hidden_layers,
+            num_attention_heads=model_args.num_attention_heads,
+            num_key_value_heads=model_args.num_key_value_heads,
+            max_position_embeddings=block_size,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention)
+    check_model_fits(model.config, block_size, len(tokenizer))
+    return model
+
+
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def check_model_fits(config, block_size: int, vocab_size: int) -> None:
+    """The model must hold a block (its context) and every token id (its vocabulary): say so before training."""
+    for name in _CONTEXT_FIELDS:
+        context = getattr(config, name, None)
+        if isinstance(context, int):
+            if block_size > context:
+                raise ValueError(
+                    f"`block_size`={block_size} exceeds the model's context ({name}={context}): lower block_size to "
+                    f"{context} or less, or use a model with a longer context."
+                )
+            break
+    model_vocab = getattr(config, "vocab_size", None)
+    if isinstance(model_vocab, int) and vocab_size > model_vocab:
+        raise ValueError(
+            f"the tokenizer has {vocab_size} tokens but the model's vocabulary is {model_vocab} (`vocab_size`): token "
+            "ids past it would index out of range; use the model's own tokenizer or resize its embeddings."
+        )
