@@ -1,16 +1,14 @@
-"""Shared fixtures: tiny model and data (tests/_tiny.py) and reference runs reused across tests."""
+"""Shared fixtures: the local Hub and fake budget folders (tests/helpers.py), a small corpus, reference runs."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models train several times faster on one intra-op thread (and 2-process tests get a core each);
@@ -23,7 +21,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-from _hub import local_hub, tiny_model_dirs  # noqa: E402,F401  (fixtures)
+from helpers import fake_budget_dirs, local_hub, tiny_model_dirs  # noqa: E402,F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 # The default recipe shrunk to seconds: a 120-chapter corpus, 512-token vocabulary, a 1-layer Llama.
@@ -49,7 +47,7 @@ def small_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def reference_runs(tmp_path_factory):
     """Uninterrupted tiny runs, built on first use and shared: {(schedule, budgets): output_dir}."""
-    from _tiny import tiny_trainer
+    from helpers import tiny_trainer
 
     cache: dict = {}
 

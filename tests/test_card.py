@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _hub import write_budget_folders
+from helpers import write_budget_folders
 from huggingface_hub import ModelCard, constants
 
 from hf_wsd.card import TEMPLATE_PATH, render_model_card, write_model_card
@@ -21,18 +21,21 @@ def _default_endpoint(monkeypatch):
 
 
 @pytest.fixture
-def budget_dirs(tmp_path) -> list[Path]:
+def fake_budget_dirs(tmp_path) -> list[Path]:
     """Three evaluated budget folders of a WSD-S run, without weights (the card does not read them)."""
     return write_budget_folders(tmp_path / "run", models=None)
 
 
-def test_template_ships_with_the_package_and_matches_model_cards():
-    documented = Path(__file__).parents[1] / "model_cards" / "budget_card.md"
-    assert TEMPLATE_PATH.read_text() == documented.read_text()
+def test_one_template_ships_with_the_package_and_model_cards_names_it():
+    repo = Path(__file__).parents[1]
+    assert TEMPLATE_PATH.is_file() and TEMPLATE_PATH.parent.parent.name == "hf_wsd"
+    assert "templates/*.md" in (repo / "pyproject.toml").read_text()  # shipped as package data
+    assert sorted(p.name for p in (repo / "model_cards").iterdir()) == ["README.md"]  # no second copy
+    assert "hf_wsd/templates/budget_card.md" in (repo / "model_cards" / "README.md").read_text()
 
 
-def test_card_metadata_carries_eval_results_tags_and_library(budget_dirs):
-    folder = budget_dirs[1]
+def test_card_metadata_carries_eval_results_tags_and_library(fake_budget_dirs):
+    folder = fake_budget_dirs[1]
     card = ModelCard.load(write_model_card(folder, repo_id=REPO))
     data = card.data
     assert data.library_name == "transformers"
@@ -48,9 +51,9 @@ def test_card_metadata_carries_eval_results_tags_and_library(budget_dirs):
     assert "model-index" in data.to_dict()
 
 
-def test_card_tables_the_budgets_so_far_with_revision_links(budget_dirs):
-    first, second, third = (folder.name for folder in budget_dirs)
-    text = ModelCard.load(write_model_card(budget_dirs[1], repo_id=REPO)).text
+def test_card_tables_the_budgets_so_far_with_revision_links(fake_budget_dirs):
+    first, second, third = (folder.name for folder in fake_budget_dirs)
+    text = ModelCard.load(write_model_card(fake_budget_dirs[1], repo_id=REPO)).text
     rows = [line for line in text.splitlines() if line.startswith(("| step", "| **step"))]
     assert [row.split("|")[1].strip() for row in rows] == [first, f"**{second}**"]  # later budgets are not listed
     assert f"[`{first}`](https://huggingface.co/{REPO}/tree/{first})" in rows[0]
@@ -61,8 +64,8 @@ def test_card_tables_the_budgets_so_far_with_revision_links(budget_dirs):
     assert f"tree/{third}" not in text
 
 
-def test_card_body_has_numbers_plots_loading_and_citation(budget_dirs):
-    folder = budget_dirs[1]
+def test_card_body_has_numbers_plots_loading_and_citation(fake_budget_dirs):
+    folder = fake_budget_dirs[1]
     text = ModelCard.load(write_model_card(folder, repo_id=REPO)).text
     assert "| optimizer updates | 200 |" in text
     assert "| tokens | 410K (409,600) |" in text
@@ -75,9 +78,9 @@ def test_card_body_has_numbers_plots_loading_and_citation(budget_dirs):
     assert "arXiv:2410.05192" in text and "River Valley Loss Landscape" in text
 
 
-def test_card_before_publishing_points_at_the_local_folder(budget_dirs, tmp_path):
-    folder = tmp_path / budget_dirs[0].name
-    shutil.copytree(budget_dirs[0], folder)
+def test_card_before_publishing_points_at_the_local_folder(fake_budget_dirs, tmp_path):
+    folder = tmp_path / fake_budget_dirs[0].name
+    shutil.copytree(fake_budget_dirs[0], folder)
     (folder / "eval_results.json").unlink()
     (folder / "loss_curve.png").unlink()
     card = ModelCard.load(write_model_card(folder))
@@ -88,15 +91,15 @@ def test_card_before_publishing_points_at_the_local_folder(budget_dirs, tmp_path
     assert "huggingface.co/" not in card.text.split("## Citation")[0]
 
 
-def test_rendering_twice_gives_the_same_bytes(budget_dirs):
-    path = write_model_card(budget_dirs[2], repo_id=REPO)
+def test_rendering_twice_gives_the_same_bytes(fake_budget_dirs):
+    path = write_model_card(fake_budget_dirs[2], repo_id=REPO)
     first = path.read_bytes()
-    assert write_model_card(budget_dirs[2], repo_id=REPO).read_bytes() == first
-    assert str(render_model_card(budget_dirs[2], repo_id=REPO)) + "\n" == first.decode()
+    assert write_model_card(fake_budget_dirs[2], repo_id=REPO).read_bytes() == first
+    assert str(render_model_card(fake_budget_dirs[2], repo_id=REPO)) + "\n" == first.decode()
 
 
-def test_base_model_is_in_the_metadata_and_linked(budget_dirs):
-    folder = budget_dirs[0]
+def test_base_model_is_in_the_metadata_and_linked(fake_budget_dirs):
+    folder = fake_budget_dirs[0]
     record = json.loads((folder / "budget.json").read_text())
     (folder / "budget.json").write_text(json.dumps({**record, "base_model": "HuggingFaceTB/SmolLM2-135M"}))
     card = ModelCard.load(write_model_card(folder, repo_id=REPO))
@@ -104,6 +107,16 @@ def test_base_model_is_in_the_metadata_and_linked(budget_dirs):
     assert "[HuggingFaceTB/SmolLM2-135M](https://huggingface.co/HuggingFaceTB/SmolLM2-135M)" in card.text
 
 
+def test_a_local_base_model_stays_out_of_the_metadata(fake_budget_dirs):
+    folder = fake_budget_dirs[0]
+    record = json.loads((folder / "budget.json").read_text())
+    local = "runs/llama-tiny-wsd-s/budgets/step800-tokens1.64M"
+    (folder / "budget.json").write_text(json.dumps({**record, "base_model": local}))
+    card = ModelCard.load(write_model_card(folder, repo_id=REPO))
+    assert card.data.base_model is None  # the Hub's base_model metadata must be a repo id
+    assert local in card.text
+
+
 def test_card_without_budget_json_says_what_to_write_first(tmp_path):
-    with pytest.raises(FileNotFoundError, match="write `budget.json` before"):
+    with pytest.raises(FileNotFoundError, match="budget.json does not exist"):
         write_model_card(tmp_path)

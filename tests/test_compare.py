@@ -1,28 +1,23 @@
-"""The schedule comparison recipe (recipes/compare_schedules.py) on its quick configuration."""
+"""The schedule comparison recipe (recipes/compare_schedules.py → hf_wsd.scripts.compare) on its quick configuration."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
+import logging
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "compare_schedules.py"
 METHODS = ("wsd-s", "wsd", "cyclic-cosine", "cosine")
 BUDGETS = (10, 20, 40, 80)  # config_quick.yaml
 
 
 @pytest.fixture(scope="module")
 def compare_module():
-    spec = importlib.util.spec_from_file_location("compare_schedules", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the script's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    from hf_wsd.scripts import compare
+
+    return compare
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +38,7 @@ def quick_run(compare_module, tmp_path_factory):
     threads, cache = torch.get_num_threads(), os.environ.get("HF_WSD_CACHE")
     os.environ["HF_WSD_CACHE"] = str(root / "cache")
     try:
-        rows = compare_module.main(["--quick", "--output_dir", str(root / "out"), "--corpus", str(corpus)])
+        rows, _ = compare_module.main(["--quick", "--output_dir", str(root / "out"), "--corpus", str(corpus)])
     finally:
         torch.set_num_threads(threads)  # the quick config pins one thread; leave the session as it was
         if cache is None:
@@ -108,15 +103,15 @@ def test_report_files(quick_run):
         assert (output_dir / name).stat().st_size > 1000
 
 
-def test_relaunch_reuses_finished_runs_and_report_only_rebuilds(compare_module, quick_run, capsys):
+def test_relaunch_reuses_finished_runs_and_report_only_rebuilds(compare_module, quick_run, caplog):
     output_dir, rows = quick_run
     corpus = output_dir.parent / "kjv150.jsonl"
-    capsys.readouterr()
-    again = compare_module.main(["--quick", "--output_dir", str(output_dir), "--corpus", str(corpus)])
-    assert capsys.readouterr().out.count("reusing the finished run") == 7  # 3 runs + 4 cosine runs
+    with caplog.at_level(logging.INFO, logger="hf_wsd.scripts.compare"):
+        again, _ = compare_module.main(["--quick", "--output_dir", str(output_dir), "--corpus", str(corpus)])
+    assert caplog.text.count("reusing the finished run") == 7  # 3 runs + 4 cosine runs
     assert again == rows
     (output_dir / "results.md").unlink()
-    assert compare_module.main(["--quick", "--output_dir", str(output_dir), "--report_only"]) == rows
+    assert compare_module.main(["--quick", "--output_dir", str(output_dir), "--report_only"])[0] == rows
     assert (output_dir / "results.md").is_file()
 
 
@@ -125,12 +120,12 @@ def test_unknown_method_is_a_value_error(compare_module, tmp_path):
         compare_module.main(["--quick", "--output_dir", str(tmp_path), "--methods", "wsd-s", "linear"])
 
 
-def test_own_fields_are_split_from_the_recipe_fields(compare_module, tmp_path):
-    compare, recipe_argv, fingerprint = compare_module.parse(
-        ["--quick", "--seed", "3", "--wsd_decay_fraction", "0.1", "--output_dir", "x"], tmp_path
-    )
+def test_own_fields_and_the_recipe_fields_share_one_parser(compare_module, tmp_path):
+    argv = ["--quick", "--seed", "3", "--wsd_decay_fraction", "0.1", "--output_dir", "x"]
+    recipe = compare_module.parser(argv)
+    compare, _, _, args = recipe.parse(argv)
     assert compare.quick and compare.wsd_decay_fraction == 0.1 and compare.torch_threads == 1
-    assert recipe_argv[1:] == ["--seed", "3", "--output_dir", "x"]  # `--seed` is not a prefix match of our fields
-    assert fingerprint["overrides"] == ["--seed", "3"]  # where runs are written does not change what they compute
-    _, _, args = compare_module.parse_recipe(recipe_argv)
-    assert args.seed == 3 and args.budgets == ["10", "20", "40", "80"]
+    assert args.seed == 3 and args.budgets == ["10", "20", "40", "80"]  # `--seed` is not a prefix match of our fields
+    assert recipe.default_config == compare_module.QUICK_CONFIG
+    # Where runs are written does not change what they compute.
+    assert compare_module.fingerprint(*recipe.config(argv))["overrides"] == ["--seed", "3"]

@@ -6,7 +6,7 @@ import json
 import logging
 
 import pytest
-from _fixtures import TINY_BLOCK, TINY_VOCAB, kjv_chapters, tiny_corpus, tiny_lm_data
+from helpers import TINY_BLOCK, TINY_VOCAB, kjv_chapters, tiny_corpus, tiny_lm_data
 
 from hf_wsd import data
 

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from _hub import HUB_TOKEN
-from conftest import REPO, TINY_RECIPE
+from helpers import HUB_TOKEN
+from conftest import TINY_RECIPE
+
+from hf_wsd.scripts import pretrain
 
 pytestmark = pytest.mark.slow
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("pretrain_recipe", REPO / "recipes" / "pretrain.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_recipe_evaluates_and_publishes_every_budget(tmp_path, small_corpus, local_hub, monkeypatch, caplog):
@@ -32,7 +24,7 @@ def test_recipe_evaluates_and_publishes_every_budget(tmp_path, small_corpus, loc
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
     caplog.set_level(logging.INFO)
     out = tmp_path / "run"
-    trainer = load_recipe().main([
+    trainer = pretrain.main([
         "--corpus", str(small_corpus), "--output_dir", str(out), "--budgets", "10", "20", "30",
         "--per_device_train_batch_size", "8", "--push_to_hub", "true", "--hub_model_id", "tester/tiny-wsd",
         *TINY_RECIPE, "--block_size", "128",  # the bundled tasks' passages need a 128-token context
@@ -64,7 +56,8 @@ def test_recipe_evaluates_and_publishes_every_budget(tmp_path, small_corpus, loc
         card = ModelCard.load(hf_hub_download("tester/tiny-wsd", "README.md", revision=folder.name))
         assert card.data.eval_results and any(r.dataset_name for r in card.data.eval_results)
         assert hf_hub_download("tester/tiny-wsd", "lr_schedule.png", revision=folder.name)
-    assert local_hub.branch_files("tester/tiny-wsd", "main")["budget.json"] == (folders[-1] / "budget.json").read_bytes()
+    main = local_hub.branch_files("tester/tiny-wsd", "main")
+    assert main["budget.json"] == (folders[-1] / "budget.json").read_bytes()
 
     # The token reaches no file of the run and no log line.
     for path in out.rglob("*"):

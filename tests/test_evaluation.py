@@ -8,10 +8,11 @@ import random
 import textwrap
 
 import pytest
-from _fixtures import FakeArgs, budget_event, fake_trainer, kjv_chapters, tiny_lm_data, tiny_model, trainer_state
+from helpers import budget_event, fake_args, fake_trainer, kjv_chapters, text_model, tiny_lm_data, trainer_state
 
 from hf_wsd import data
-from hf_wsd.evaluation import BudgetEvaluator, format_summary, summarize
+from hf_wsd.evaluation import BudgetEvaluator
+from hf_wsd.summary import format_summary, summarize
 from hf_wsd.tasks import BUNDLED_TASKS, build_bundled_tasks, validation
 from hf_wsd.tasks.validation import validate_tasks
 
@@ -29,7 +30,7 @@ def small_trainer(model=None):
 def evaluated_run(tmp_path_factory):
     """Two budgets evaluated on held-out loss + both bundled tasks, then the end-of-run summary."""
     output_dir = tmp_path_factory.mktemp("run")
-    trainer, state, args = small_trainer(), trainer_state(), FakeArgs(str(output_dir))
+    trainer, state, args = small_trainer(), trainer_state(), fake_args(output_dir)
     lm = tiny_lm_data()
     evaluator = BudgetEvaluator(eval_tasks=list(BUNDLED_TASKS), eval_limit=LIMIT, eval_batch_size=8,
                                 heldout_documents=lm.heldout_documents, train_documents=lm.train_documents)
@@ -140,7 +141,8 @@ def test_cloze_targets_are_scored_as_separate_words(tmp_path):
     from lm_eval.tasks import TaskManager
 
     build_bundled_tasks(kjv_chapters()[:40], tmp_path, n_examples=5, seed=0)
-    task = TaskManager(include_path=str(tmp_path), include_defaults=False).load_task_or_group(["wsd_cloze"])["wsd_cloze"]
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    task = manager.load_task_or_group(["wsd_cloze"])["wsd_cloze"]
     for doc in task.test_docs():
         context, continuation = task.doc_to_text(doc), task.doc_to_target(doc)
         assert continuation == " " + doc["target"] and not context.endswith(" ")
@@ -161,7 +163,7 @@ def test_evaluation_leaves_rng_states_and_train_mode_as_it_found_them(tmp_path):
 
     def run(evaluate: bool):
         random.seed(1), np.random.seed(1), torch.manual_seed(1)
-        model = tiny_model(dropout=0.2)
+        model = text_model(dropout=0.2)
         model.train()
         model.model.layers[0].mlp.eval()  # a mixed mode that model.train() would not restore
         train(model, 2)
@@ -170,7 +172,7 @@ def test_evaluation_leaves_rng_states_and_train_mode_as_it_found_them(tmp_path):
             states = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
             evaluator = BudgetEvaluator(eval_tasks=["wsd_cloze"], eval_limit=4, eval_batch_size=4,
                                         heldout_documents=tiny_lm_data().heldout_documents)
-            evaluator.on_budget_reached(FakeArgs(str(tmp_path)), trainer_state(), None,
+            evaluator.on_budget_reached(fake_args(tmp_path), trainer_state(), None,
                                         event=budget_event(tmp_path), trainer=small_trainer(model))
             assert (tmp_path / "budgets" / "step10-tokens2.56K" / "eval_results.json").exists()
             assert random.getstate() == states[0] and (np.random.get_state()[1] == states[1]).all()
@@ -185,7 +187,7 @@ def test_evaluation_leaves_rng_states_and_train_mode_as_it_found_them(tmp_path):
 
 def test_heldout_only_and_disabled_evaluation(tmp_path, monkeypatch):
     monkeypatch.setattr(BudgetEvaluator, "_run_lm_eval", lambda *a: pytest.fail("lm-eval must not run"))
-    trainer, args = small_trainer(), FakeArgs(str(tmp_path))
+    trainer, args = small_trainer(), fake_args(tmp_path)
     BudgetEvaluator().on_budget_reached(args, trainer_state(), None, event=budget_event(tmp_path), trainer=trainer)
     record = json.loads((tmp_path / "budgets" / "step10-tokens2.56K" / "eval_results.json").read_text())
     assert [(r["task"], r["metric"]) for r in record["results"]] == [("heldout", "loss"), ("heldout", "perplexity")]
@@ -193,7 +195,7 @@ def test_heldout_only_and_disabled_evaluation(tmp_path, monkeypatch):
     off, trainer = BudgetEvaluator(heldout=False), small_trainer()
     event = budget_event(tmp_path, index=1)
     off.on_budget_reached(args, trainer_state(), None, event=event, trainer=trainer)
-    off.on_train_end(FakeArgs(str(tmp_path / "elsewhere")), trainer_state(), None)
+    off.on_train_end(fake_args(tmp_path / "elsewhere"), trainer_state(), None)
     assert not (event.folder / "eval_results.json").exists() and trainer.log_history == []
     assert not (tmp_path / "elsewhere").exists()
 
@@ -202,7 +204,7 @@ def test_other_ranks_wait_and_write_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(BudgetEvaluator, "_run_lm_eval", lambda *a: pytest.fail("lm-eval runs on the main process"))
     trainer, event = small_trainer(), budget_event(tmp_path)
     evaluator = BudgetEvaluator(eval_tasks=["wsd_cloze"])
-    evaluator.on_budget_reached(FakeArgs(str(tmp_path)), trainer_state(main=False), None, event=event, trainer=trainer)
+    evaluator.on_budget_reached(fake_args(tmp_path), trainer_state(main=False), None, event=event, trainer=trainer)
     assert trainer.accelerator.waits == 1
     assert not (event.folder / "eval_results.json").exists()
     assert "budget/heldout_loss" in trainer.log_history[-1]  # every rank logs the same keys, as the Trainer does
@@ -216,7 +218,7 @@ def test_a_failing_benchmark_is_logged_and_training_goes_on(tmp_path, monkeypatc
     monkeypatch.setattr(BudgetEvaluator, "_run_lm_eval", broken)
     trainer, event = small_trainer(), budget_event(tmp_path)
     evaluator = BudgetEvaluator(eval_tasks=["wsd_cloze"], heldout_documents=tiny_lm_data().heldout_documents)
-    evaluator.on_budget_reached(FakeArgs(str(tmp_path)), trainer_state(), None, event=event, trainer=trainer)
+    evaluator.on_budget_reached(fake_args(tmp_path), trainer_state(), None, event=event, trainer=trainer)
     assert "benchmark exploded" in caplog.text
     record = json.loads((event.folder / "eval_results.json").read_text())
     assert {r["task"] for r in record["results"]} == {"heldout"}
@@ -302,7 +304,7 @@ def _rank_worker(rank: int, folder: str, results) -> None:
     import torch
     import torch.distributed as dist
 
-    from _fixtures import FakeTrainer
+    from helpers import FakeTrainer
 
     def slow_lm_eval(self, trainer):
         time.sleep(3)
@@ -315,7 +317,7 @@ def _rank_worker(rank: int, folder: str, results) -> None:
     trainer = FakeTrainer(model=torch.nn.Linear(1, 1), processing_class=None)
     evaluator = BudgetEvaluator(eval_tasks=["wsd_cloze"], heldout=False)
     start = time.time()
-    evaluator.on_budget_reached(FakeArgs(folder), trainer_state(main=rank == 0), None,
+    evaluator.on_budget_reached(fake_args(folder), trainer_state(main=rank == 0), None,
                                 event=budget_event(folder), trainer=trainer)
     results.put((rank, time.time() - start, trainer.log_history))
     dist.destroy_process_group()

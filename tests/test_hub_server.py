@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _hub import HUB_TOKEN, local_hub  # noqa: F401 (fixture)
+from helpers import HUB_TOKEN
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RevisionNotFoundError
 

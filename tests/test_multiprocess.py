@@ -10,14 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _hub import HUB_TOKEN
+from helpers import HUB_TOKEN
 from conftest import REPO, TINY_RECIPE
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 # The shipped CPU config: --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no, on gloo.
 LAUNCH_2 = [
     sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-    str(REPO / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"), "--dynamo_backend", "no", "--main_process_port", "0",
+    str(REPO / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"), "--dynamo_backend", "no",
+    "--main_process_port", "0",
 ]
 
 

@@ -16,12 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import VOCAB, SEQ, KillAt, tiny_config, tiny_data, tiny_model  # noqa: E402
+from helpers import KillAt, assert_bitwise_equal, budget_dirs, tiny_config, tiny_data, tiny_model
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve()
-RECIPES = HERE.parents[1] / "recipes"
 BUDGETS = (6, 12)
 # bitsandbytes keeps 8-bit state only for tensors of at least 4096 elements: 32×128 MLP weights (and LoRA
 # matrices of rank 32 on them) qualify; the tiny model's own tensors (≤ 2048) would all stay 32-bit.
@@ -39,23 +37,14 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def bnb_model(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(
-        hidden_size=32, intermediate_size=INTERMEDIATE, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=SEQ,
-    ))
-
-
 def bnb_trainer(output_dir, budgets, kind: str = "full", schedule: str = "wsd", callbacks=None, **overrides):
     """A WSD run with 8-bit AdamW: ``kind`` "full" trains all weights, "lora" a rank-32 adapter on the MLP."""
     from hf_wsd import WSDTrainer
 
     settings = dict(optim="adamw_bnb_8bit", decay_steps=2, logging_steps=3, **(LORA_8BIT if kind == "lora" else {}))
     args = tiny_config(output_dir, budgets, schedule, **{**settings, **overrides})
-    return WSDTrainer(model=bnb_model(), args=args, train_dataset=tiny_data(), callbacks=callbacks)
+    model = tiny_model(intermediate_size=INTERMEDIATE)
+    return WSDTrainer(model=model, args=args, train_dataset=tiny_data(), callbacks=callbacks)
 
 
 @pytest.fixture(scope="module")
@@ -74,23 +63,9 @@ def bnb_runs(tmp_path_factory):
     return get
 
 
-def budget_dirs(output_dir: Path) -> dict[int, Path]:
-    found = {}
-    for folder in (Path(output_dir) / "budgets").iterdir():
-        if (folder / "budget.json").is_file():
-            found[json.loads((folder / "budget.json").read_text())["step"]] = folder
-    return found
-
-
 def saved_weights(folder: Path) -> dict[str, torch.Tensor]:
     name = "adapter_model.safetensors" if (folder / "adapter_model.safetensors").is_file() else "model.safetensors"
     return load_file(folder / name)
-
-
-def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys() and a
-    for name in a:
-        assert torch.equal(a[name], b[name]), f"{name} differs"
 
 
 def optimizer_state_dtypes(trainer) -> set[torch.dtype]:
@@ -101,7 +76,7 @@ def optimizer_state_dtypes(trainer) -> set[torch.dtype]:
 # --------------------------------------------------------------------------------------------------- LoRA
 def test_lora_wsd_s_budgets_hold_the_adapter_of_that_budget_and_load_with_peft(tmp_path, local_hub, monkeypatch):
     import huggingface_hub.hf_api
-    from _hub import HUB_TOKEN
+    from helpers import HUB_TOKEN
     from peft import PeftModel, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
@@ -221,19 +196,18 @@ def test_a_run_with_8bit_adamw_does_not_depend_on_earlier_runs_in_the_process(tm
 
 
 # --------------------------------------------------------------------------------------------------- recipe
-def test_continual_recipe_reports_upstream_and_downstream_loss_per_budget(tmp_path, monkeypatch, capsys):
+def test_continual_recipe_reports_upstream_and_downstream_loss_per_budget(tmp_path, monkeypatch):
     from hf_wsd.data import load_corpus
+    from hf_wsd.scripts import continual, pretrain
 
     monkeypatch.setenv("HF_WSD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.syspath_prepend(str(RECIPES))
-    import continual_pretrain
-    import pretrain
 
     chapters = load_corpus("kjv").documents[:60]
     upstream, downstream = tmp_path / "kjv60.jsonl", tmp_path / "shouting.jsonl"
     upstream.write_text("".join(json.dumps({"text": c}) + "\n" for c in chapters))
     downstream.write_text("".join(json.dumps({"text": c.upper()}) + "\n" for c in chapters))  # new text
-    tiny = ["--block_size", "32", "--max_eval_blocks", "4", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+    tiny = ["--block_size", "32", "--max_eval_blocks", "4", "--per_device_train_batch_size", "4",
+            "--per_device_eval_batch_size", "4",
             "--logging_steps", "2", "--save_steps", "1000", "--disable_tqdm", "true", "--bundled_tasks", "false"]
 
     pretrain.main([
@@ -242,9 +216,10 @@ def test_continual_recipe_reports_upstream_and_downstream_loss_per_budget(tmp_pa
         "--warmup_steps", "2", "--output_dir", str(tmp_path / "pre"), *tiny,
     ])
     start = budget_dirs(tmp_path / "pre")[6]
-    summary = continual_pretrain.main([
+    summary = continual.main([
         "--model_name_or_path", str(start), "--corpus", str(downstream), "--upstream_corpus", str(upstream),
-        "--budgets", "4", "8", "--warmup_steps", "2", "--decay_fraction", "0.5", "--lora_r", "4", "--learning_rate", "1e-2",
+        "--budgets", "4", "8", "--warmup_steps", "2", "--decay_fraction", "0.5", "--lora_r", "4",
+        "--learning_rate", "1e-2",
         "--output_dir", str(tmp_path / "continual"), *tiny,
     ])
 
@@ -261,7 +236,7 @@ def test_continual_recipe_reports_upstream_and_downstream_loss_per_budget(tmp_pa
     assert (folder / "adapter_model.safetensors").is_file() and (folder / "merged" / "model.safetensors").is_file()
     assert (folder / "tokenizer.json").read_text() == (start / "tokenizer.json").read_text()  # the original tokenizer
     assert json.loads((folder / "budget.json").read_text())["base_model"] == str(start)
-    printed = capsys.readouterr().out
+    printed = continual.format_report(summary)
     assert "upstream" in printed and "downstream" in printed and "start (step 0)" in printed
 
 

@@ -162,7 +162,8 @@ def test_describe_shows_wsd_branches_tokens_and_absolute_lr():
         ["branch decay", "90–100", "90K–100K", "0.000909→9.09e-05", "step100-tokens100K"],
         ["branch decay", "180–200", "180K–200K", "0.000952→4.76e-05", "step200-tokens200K"],
     ]
-    assert table.splitlines()[-1].endswith("430 updates for 3 budget(s); one cosine run per budget would take 700 (0.61×)")
+    last = table.splitlines()[-1]
+    assert last.endswith("430 updates for 3 budget(s); one cosine run per budget would take 700 (0.61×)")
 
 
 def test_describe_shows_rewarmup_phases():

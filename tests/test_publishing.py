@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _hub import HUB_TOKEN, budget_dirs, local_hub, main_state, tiny_model_dirs, training_args  # noqa: F401 (fixtures)
+from helpers import HUB_TOKEN, hub_args, trainer_state
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
 from hf_wsd.cli import main as cli
@@ -28,7 +28,7 @@ def _event(folder: Path) -> BudgetReached:
 
 def _run(publisher: HubPublisher, folders: list[Path], args, state=None) -> None:
     """What the trainer does: one event per budget, then the end of training."""
-    state = state or main_state()
+    state = state or trainer_state()
     for folder in folders:
         publisher.on_budget_reached(args, state, None, event=_event(folder), trainer=None)
     publisher.on_train_end(args, state, None)
@@ -57,20 +57,20 @@ def _assert_all_published(hub, repo: str, folders: list[Path]) -> None:
     assert hub.branch_files(repo, "main") == hub.branch_files(repo, folders[-1].name)
 
 
-def test_each_budget_gets_a_branch_and_main_holds_the_newest(local_hub, budget_dirs, tmp_path):
+def test_each_budget_gets_a_branch_and_main_holds_the_newest(local_hub, fake_budget_dirs, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    args = training_args(tmp_path / "run", repo_id=None)  # default repo: the output dir's name, in the user's namespace
+    args = hub_args(tmp_path / "run", repo_id=None)  # default repo: the output dir's name, in the user's namespace
     publisher = HubPublisher.from_args(args, **FAST)
-    _run(publisher, budget_dirs, args)
+    _run(publisher, fake_budget_dirs, args)
 
     repo = "tester/run"
     branches = {ref.name for ref in HfApi(endpoint=local_hub.endpoint).list_repo_refs(repo).branches}
-    assert branches == {"main", *_names(budget_dirs)}
-    _assert_all_published(local_hub, repo, budget_dirs)
-    assert local_hub.commit_count(repo, "main") == len(budget_dirs)  # main follows each new budget, in order
+    assert branches == {"main", *_names(fake_budget_dirs)}
+    _assert_all_published(local_hub, repo, fake_budget_dirs)
+    assert local_hub.commit_count(repo, "main") == len(fake_budget_dirs)  # main follows each new budget, in order
 
-    for folder in budget_dirs:
+    for folder in fake_budget_dirs:
         remote = AutoModelForCausalLM.from_pretrained(repo, revision=folder.name, cache_dir=tmp_path / "cache")
         local = AutoModelForCausalLM.from_pretrained(folder)
         for (name, a), (_, b) in zip(remote.state_dict().items(), local.state_dict().items()):
@@ -84,119 +84,119 @@ def test_each_budget_gets_a_branch_and_main_holds_the_newest(local_hub, budget_d
         assert f'from_pretrained("{repo}", revision="{folder.name}")' in card.text
         assert "lr_schedule.png" in local_hub.branch_files(repo, folder.name)
 
-    ledger = _ledger(budget_dirs)
+    ledger = _ledger(fake_budget_dirs)
     assert ledger["repo_id"] == repo
     published = {(e["budget"], e["branch"]) for e in ledger["published"]}
-    assert published == {(n, n) for n in _names(budget_dirs)} | {(n, "main") for n in _names(budget_dirs)}
+    assert published == {(n, n) for n in _names(fake_budget_dirs)} | {(n, "main") for n in _names(fake_budget_dirs)}
     heads = {e["branch"]: e["commit"] for e in ledger["published"]}
-    assert heads[budget_dirs[-1].name] == local_hub.head(repo, budget_dirs[-1].name)
+    assert heads[fake_budget_dirs[-1].name] == local_hub.head(repo, fake_budget_dirs[-1].name)
     assert heads["main"] == local_hub.head(repo, "main")
 
 
-def test_submitting_a_budget_returns_before_the_upload(local_hub, budget_dirs, tmp_path):
+def test_submitting_a_budget_returns_before_the_upload(local_hub, fake_budget_dirs, tmp_path):
     local_hub.commit_delay = 0.3
-    args = training_args(tmp_path / "run", REPO)
+    args = hub_args(tmp_path / "run", REPO)
     publisher = HubPublisher.from_args(args, **FAST)
     start = time.perf_counter()
-    publisher.on_budget_reached(args, main_state(), None, event=_event(budget_dirs[0]), trainer=None)
+    publisher.on_budget_reached(args, trainer_state(), None, event=_event(fake_budget_dirs[0]), trainer=None)
     assert time.perf_counter() - start < 0.1
-    publisher.on_train_end(args, main_state(), None)
-    assert local_hub.commit_count(REPO, budget_dirs[0].name) == 1
+    publisher.on_train_end(args, trainer_state(), None)
+    assert local_hub.commit_count(REPO, fake_budget_dirs[0].name) == 1
 
 
-def test_failed_commits_are_retried_and_each_budget_committed_once(local_hub, budget_dirs, tmp_path):
+def test_failed_commits_are_retried_and_each_budget_committed_once(local_hub, fake_budget_dirs, tmp_path):
     local_hub.fail_commits(2, status=500)
     local_hub.fail_commits(1, status=429)
-    args = training_args(tmp_path / "run", REPO)
-    _run(HubPublisher.from_args(args, **FAST), budget_dirs, args)
-    _assert_all_published(local_hub, REPO, budget_dirs)
-    assert local_hub.commit_count(REPO, "main") == len(budget_dirs)
-    assert _commit_requests(local_hub, REPO) == 2 * len(budget_dirs) + 3  # the 3 refused commits were re-sent
+    args = hub_args(tmp_path / "run", REPO)
+    _run(HubPublisher.from_args(args, **FAST), fake_budget_dirs, args)
+    _assert_all_published(local_hub, REPO, fake_budget_dirs)
+    assert local_hub.commit_count(REPO, "main") == len(fake_budget_dirs)
+    assert _commit_requests(local_hub, REPO) == 2 * len(fake_budget_dirs) + 3  # the 3 refused commits were re-sent
 
 
-def test_lost_commit_response_does_not_commit_twice(local_hub, budget_dirs, tmp_path):
+def test_lost_commit_response_does_not_commit_twice(local_hub, fake_budget_dirs, tmp_path):
     local_hub.lose_commit_responses(2)  # the first budget's branch commit and its main commit
-    args = training_args(tmp_path / "run", REPO)
-    _run(HubPublisher.from_args(args, **FAST), budget_dirs, args)
-    _assert_all_published(local_hub, REPO, budget_dirs)
-    assert local_hub.commit_count(REPO, "main") == len(budget_dirs)
-    assert len(_ledger(budget_dirs)["published"]) == 2 * len(budget_dirs)
-    assert _commit_requests(local_hub, REPO) == 2 * len(budget_dirs)  # the applied commits were never re-sent
+    args = hub_args(tmp_path / "run", REPO)
+    _run(HubPublisher.from_args(args, **FAST), fake_budget_dirs, args)
+    _assert_all_published(local_hub, REPO, fake_budget_dirs)
+    assert local_hub.commit_count(REPO, "main") == len(fake_budget_dirs)
+    assert len(_ledger(fake_budget_dirs)["published"]) == 2 * len(fake_budget_dirs)
+    assert _commit_requests(local_hub, REPO) == 2 * len(fake_budget_dirs)  # the applied commits were never re-sent
 
 
-def test_a_failure_in_the_run_is_retried_once_more_at_the_end(local_hub, budget_dirs, tmp_path):
+def test_a_failure_in_the_run_is_retried_once_more_at_the_end(local_hub, fake_budget_dirs, tmp_path):
     local_hub.fail_commits(1)
-    args = training_args(tmp_path / "run", REPO)
-    _run(HubPublisher.from_args(args, max_retries=0, **FAST), budget_dirs, args)
-    _assert_all_published(local_hub, REPO, budget_dirs)
+    args = hub_args(tmp_path / "run", REPO)
+    _run(HubPublisher.from_args(args, max_retries=0, **FAST), fake_budget_dirs, args)
+    _assert_all_published(local_hub, REPO, fake_budget_dirs)
 
 
-def test_hub_down_for_the_whole_run_then_hf_wsd_push_publishes_all(local_hub, budget_dirs, tmp_path, monkeypatch):
+def test_hub_down_for_the_whole_run_then_hf_wsd_push_publishes_all(local_hub, fake_budget_dirs, tmp_path, monkeypatch):
     monkeypatch.setattr("hf_wsd.publishing.DEFAULT_BACKOFF", 0.01)  # what `hf-wsd push` waits between retries
     local_hub.down = True
     output_dir = tmp_path / "run"
-    args = training_args(output_dir, REPO)
+    args = hub_args(output_dir, REPO)
     with pytest.raises(UnpublishedBudgetsError) as raised:
-        _run(HubPublisher.from_args(args, max_retries=2, **FAST), budget_dirs, args)
+        _run(HubPublisher.from_args(args, max_retries=2, **FAST), fake_budget_dirs, args)
     error = raised.value
-    assert set(error.failures) == set(_names(budget_dirs))
-    assert all(name in str(error) for name in _names(budget_dirs))
+    assert set(error.failures) == set(_names(fake_budget_dirs))
+    assert all(name in str(error) for name in _names(fake_budget_dirs))
     assert f"hf-wsd push {output_dir} --repo {REPO}" in str(error)
-    assert all((folder / "model.safetensors").is_file() for folder in budget_dirs)
-    assert _ledger(budget_dirs) == {"repo_id": REPO, "published": []}
+    assert all((folder / "model.safetensors").is_file() for folder in fake_budget_dirs)
+    assert _ledger(fake_budget_dirs) == {"repo_id": REPO, "published": []}
 
     assert cli(["push", str(output_dir)]) == 1  # still down: the CLI fails, nothing lost
     local_hub.down = False
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)  # `hf-wsd push` takes the token from the environment
     assert cli(["push", str(output_dir)]) == 0  # the repo comes from the ledger
-    _assert_all_published(local_hub, REPO, budget_dirs)
+    _assert_all_published(local_hub, REPO, fake_budget_dirs)
     assert local_hub.commit_count(REPO, "main") == 1  # push points main at the newest budget once
     assert cli(["push", str(output_dir), "--repo", REPO]) == 0  # nothing left to do
-    assert all(local_hub.commit_count(REPO, name) == 1 for name in _names(budget_dirs))
+    assert all(local_hub.commit_count(REPO, name) == 1 for name in _names(fake_budget_dirs))
 
 
-def test_commit_that_got_out_before_a_crash_is_not_repeated_on_resume(local_hub, budget_dirs, tmp_path):
+def test_commit_that_got_out_before_a_crash_is_not_repeated_on_resume(local_hub, fake_budget_dirs, tmp_path):
     # The run died between the first budget's commit and the ledger update; the other budgets never left.
-    BudgetUploader(REPO, HUB_TOKEN, endpoint=local_hub.endpoint).publish_branch(budget_dirs[0], ledger=None)
-    assert not (budget_dirs[0].parent / "published.json").exists()
+    BudgetUploader(REPO, HUB_TOKEN, endpoint=local_hub.endpoint).publish_branch(fake_budget_dirs[0], ledger=None)
+    assert not (fake_budget_dirs[0].parent / "published.json").exists()
 
     assert push_pending(tmp_path / "run", REPO, token=HUB_TOKEN, **FAST) == 0
-    _assert_all_published(local_hub, REPO, budget_dirs)
-    assert {e["branch"] for e in _ledger(budget_dirs)["published"]} == {"main", *_names(budget_dirs)}
+    _assert_all_published(local_hub, REPO, fake_budget_dirs)
+    assert {e["branch"] for e in _ledger(fake_budget_dirs)["published"]} == {"main", *_names(fake_budget_dirs)}
 
     # A second publisher (a resumed run re-firing the events) finds everything in place: no commit at all.
-    heads = {name: local_hub.head(REPO, name) for name in ["main", *_names(budget_dirs)]}
-    entries = _ledger(budget_dirs)["published"]
-    args = training_args(tmp_path / "run", REPO)
-    _run(HubPublisher.from_args(args, **FAST), budget_dirs, args)
+    heads = {name: local_hub.head(REPO, name) for name in ["main", *_names(fake_budget_dirs)]}
+    entries = _ledger(fake_budget_dirs)["published"]
+    args = hub_args(tmp_path / "run", REPO)
+    _run(HubPublisher.from_args(args, **FAST), fake_budget_dirs, args)
     assert {name: local_hub.head(REPO, name) for name in heads} == heads
-    assert _ledger(budget_dirs)["published"] == entries  # nothing new to record either
+    assert _ledger(fake_budget_dirs)["published"] == entries  # nothing new to record either
 
 
-def test_a_late_older_budget_never_moves_main_back(local_hub, budget_dirs, tmp_path):
-    ledger = Ledger(budget_dirs[0].parent)
+def test_a_late_older_budget_never_moves_main_back(local_hub, fake_budget_dirs, tmp_path):
+    ledger = Ledger(fake_budget_dirs[0].parent)
     uploader = BudgetUploader(REPO, HUB_TOKEN, endpoint=local_hub.endpoint)
-    uploader.publish(budget_dirs[-1], ledger)
-    uploader.publish(budget_dirs[0], ledger)  # e.g. an older budget retried after an outage
-    assert json.loads(local_hub.branch_files(REPO, "main")["budget.json"])["name"] == budget_dirs[-1].name
+    uploader.publish(fake_budget_dirs[-1], ledger)
+    uploader.publish(fake_budget_dirs[0], ledger)  # e.g. an older budget retried after an outage
+    assert json.loads(local_hub.branch_files(REPO, "main")["budget.json"])["name"] == fake_budget_dirs[-1].name
     assert local_hub.commit_count(REPO, "main") == 1
 
 
-def test_only_the_main_process_publishes(local_hub, budget_dirs, tmp_path):
-    args = training_args(tmp_path / "run", REPO)
-    _run(HubPublisher.from_args(args, **FAST), budget_dirs, args, state=main_state(is_world_process_zero=False))
+def test_only_the_main_process_publishes(local_hub, fake_budget_dirs, tmp_path):
+    args = hub_args(tmp_path / "run", REPO)
+    _run(HubPublisher.from_args(args, **FAST), fake_budget_dirs, args, state=trainer_state(main=False))
     assert local_hub.requests == []
-    assert not (budget_dirs[0].parent / "published.json").exists()
+    assert not (fake_budget_dirs[0].parent / "published.json").exists()
 
 
-def test_token_never_reaches_a_file_or_a_log_line(local_hub, budget_dirs, tmp_path, caplog, monkeypatch):
+def test_token_never_reaches_a_file_or_a_log_line(local_hub, fake_budget_dirs, tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.DEBUG)
     local_hub.fail_commits(1)
     local_hub.lose_commit_responses(1)
-    args = training_args(tmp_path / "run", REPO)
-    _run(HubPublisher.from_args(args, **FAST), budget_dirs[:2], args)
+    args = hub_args(tmp_path / "run", REPO)
+    _run(HubPublisher.from_args(args, **FAST), fake_budget_dirs[:2], args)
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
-    (budget_dirs[0].parent / "published.json").unlink()
+    (fake_budget_dirs[0].parent / "published.json").unlink()
     with pytest.raises(ValueError, match="--repo"):
         push_pending(tmp_path / "run")
     assert push_pending(tmp_path / "run", REPO, **FAST) == 0
@@ -215,7 +215,7 @@ def test_transient_errors_are_told_apart_from_permanent_ones():
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 
-    from hf_wsd.publishing import is_transient
+    from hf_wsd.hub_upload import is_transient
 
     def http_error(status: int) -> HfHubHTTPError:
         request = httpx2.Request("POST", "https://huggingface.co/api/models/a/b/commit/main")
@@ -233,7 +233,7 @@ def test_remote_files_compare_by_sha256_when_lfs_and_git_sha1_otherwise(tmp_path
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils.sha import git_hash
 
-    from hf_wsd.publishing import _same_file
+    from hf_wsd.hub_upload import _same_file
 
     local = tmp_path / "model.safetensors"
     local.write_bytes(b"weights" * 100)
@@ -260,18 +260,18 @@ def test_publisher_reads_the_hub_fields_of_training_arguments(tmp_path):
     assert HubPublisher.from_args(args).repo_id == "my-org/tiny"
 
 
-def test_files_holding_the_token_are_never_published(local_hub, budget_dirs, tmp_path):
+def test_files_holding_the_token_are_never_published(local_hub, fake_budget_dirs, tmp_path):
     import pickle
     from types import SimpleNamespace
 
     # Trainer.save_model pickles the TrainingArguments, hub_token included, next to the weights.
-    (budget_dirs[0] / "training_args.bin").write_bytes(pickle.dumps(SimpleNamespace(hub_token=HUB_TOKEN)))
-    (budget_dirs[1] / "notes.txt").write_text(f"pushed with {HUB_TOKEN}\n")
-    args = training_args(tmp_path / "run", REPO)
+    (fake_budget_dirs[0] / "training_args.bin").write_bytes(pickle.dumps(SimpleNamespace(hub_token=HUB_TOKEN)))
+    (fake_budget_dirs[1] / "notes.txt").write_text(f"pushed with {HUB_TOKEN}\n")
+    args = hub_args(tmp_path / "run", REPO)
     with pytest.raises(UnpublishedBudgetsError) as raised:
-        _run(HubPublisher.from_args(args, **FAST), budget_dirs, args)
-    assert list(raised.value.failures) == [budget_dirs[1].name]
+        _run(HubPublisher.from_args(args, **FAST), fake_budget_dirs, args)
+    assert list(raised.value.failures) == [fake_budget_dirs[1].name]
     assert "contains the Hub token" in str(raised.value) and HUB_TOKEN not in str(raised.value)
-    assert "training_args.bin" not in local_hub.branch_files(REPO, budget_dirs[0].name)
+    assert "training_args.bin" not in local_hub.branch_files(REPO, fake_budget_dirs[0].name)
     assert not any(HUB_TOKEN.encode() in blob for blob in local_hub.blobs.values())
-    assert local_hub.commit_count(REPO, budget_dirs[1].name) == 0
+    assert local_hub.commit_count(REPO, fake_budget_dirs[1].name) == 0

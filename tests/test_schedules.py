@@ -111,10 +111,13 @@ def test_decay_window_is_non_increasing_and_hits_the_documented_ratio_at_its_fir
         assert plan.lr_ratio(s - 1, branch) == 1.0  # the update before the window is at peak
         assert_non_increasing(window)
         # virtual last step: p = (t - s + 1) / (D + 1), so the first update is below peak and the last above min
-        assert math.isclose(window[0], min_lr_ratio + (1 - min_lr_ratio) * DECAY_SHAPES[shape](1 / (d + 1)), rel_tol=1e-12)
-        assert math.isclose(window[-1], min_lr_ratio + (1 - min_lr_ratio) * DECAY_SHAPES[shape](d / (d + 1)), rel_tol=1e-12)
+        first = min_lr_ratio + (1 - min_lr_ratio) * DECAY_SHAPES[shape](1 / (d + 1))
+        assert math.isclose(window[0], first, rel_tol=1e-12)
+        last = min_lr_ratio + (1 - min_lr_ratio) * DECAY_SHAPES[shape](d / (d + 1))
+        assert math.isclose(window[-1], last, rel_tol=1e-12)
         assert window[0] < 1.0 and window[-1] > min_lr_ratio
-        assert window == pytest.approx([expected_decay(t, s, d, shape, min_lr_ratio) for t in range(s, s + d)], rel=1e-12)
+        expected = [expected_decay(t, s, d, shape, min_lr_ratio) for t in range(s, s + d)]
+        assert window == pytest.approx(expected, rel=1e-12)
 
 
 def test_linear_decay_of_ten_updates_runs_from_10_11_to_1_11():
@@ -171,7 +174,8 @@ def test_cyclic_cosine_restarts_at_peak_each_period_with_warmup_only_in_the_firs
         assert curve[1] < 1.0
         assert min_lr_ratio < curve[-1] < min_lr_ratio + 0.01
         length = end - start
-        expected = [min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * (t - start) / length)) for t in range(start, end)]
+        expected = [min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * (t - start) / length))
+                    for t in range(start, end)]
         assert curve == pytest.approx(expected, rel=1e-12)
 
 
@@ -198,7 +202,8 @@ def test_single_budget_wsd_agrees_with_transformers_get_wsd_schedule(shape, tota
     Warmup differs only when ``min_lr_ratio > 0``: theirs starts at ``min_lr_ratio``, ours (like
     ``get_cosine_schedule_with_warmup``) at 0; so with ``min_lr_ratio > 0`` only steps from warmup on are compared.
     """
-    plan = BudgetPlan([total], schedule="wsd", warmup_steps=warmup, decay_steps=decay, decay_shape=shape, min_lr_ratio=min_lr_ratio)
+    plan = BudgetPlan([total], schedule="wsd", warmup_steps=warmup, decay_steps=decay, decay_shape=shape,
+                      min_lr_ratio=min_lr_ratio)
     theirs = _transformers_lambda(
         get_wsd_schedule,
         num_warmup_steps=warmup,
@@ -217,7 +222,8 @@ def test_single_budget_wsd_agrees_with_transformers_get_wsd_schedule(shape, tota
 def test_cosine_plan_agrees_with_transformers_cosine_with_warmup(total, warmup, min_lr_ratio):
     plan = BudgetPlan([total], schedule="cosine", warmup_steps=warmup, min_lr_ratio=min_lr_ratio)
     if min_lr_ratio == 0:
-        theirs = _transformers_lambda(get_cosine_schedule_with_warmup, num_warmup_steps=warmup, num_training_steps=total)
+        theirs = _transformers_lambda(get_cosine_schedule_with_warmup, num_warmup_steps=warmup,
+                                      num_training_steps=total)
     else:
         theirs = _transformers_lambda(
             get_cosine_with_min_lr_schedule_with_warmup,

@@ -11,30 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _tiny import tiny_config, tiny_data, tiny_model, tiny_trainer
+from helpers import assert_bitwise_equal, budget_dirs, tiny_config, tiny_data, tiny_model, tiny_trainer, weights
 
 pytestmark = pytest.mark.slow
 BUDGETS = (20, 40, 60)
-TINY = Path(__file__).parent / "_tiny.py"
-
-
-def budget_dirs(output_dir: Path) -> dict[int, Path]:
-    """Budget folders by step."""
-    found = {}
-    for folder in (output_dir / "budgets").iterdir():
-        if (folder / "budget.json").is_file():
-            found[json.loads((folder / "budget.json").read_text())["step"]] = folder
-    return found
-
-
-def weights(output_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return load_file(budget_dirs(output_dir)[step] / "model.safetensors")
-
-
-def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), f"{name} differs"
+TINY = Path(__file__).parent / "helpers.py"
 
 
 @pytest.mark.parametrize("schedule", ["wsd-s", "wsd", "cyclic-cosine"])
