@@ -244,6 +244,7 @@ PEAK_TFLOPS: tuple[DevicePeak, ...] = (
     # https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf
     DevicePeak("A100", r"\ba100\b", 312.0, 312.0, 156.0, 19.5),
     # NVIDIA publishes no A10G (AWS G5) figures and its tensor rate is not the A10's, so no guess: pass peak_tflops.
+    # (https://www.baseten.co/blog/nvidia-a10-vs-a10g-for-ml-model-inference/)
     DevicePeak("A10G", r"\ba10g\b", None, None, None, None),
     # https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a10/pdf/a10-datasheet.pdf
     # BF16 125 (250*), TF32 62.5 (125*), FP32 31.2

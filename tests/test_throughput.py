@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import CONFIG_MAPPING, AutoModelForCausalLM, GPT2Config, LlamaConfig, LlamaForCausalLM
 
 from hf_wsd.throughput import (
     GATED_MLP_TYPES,
+    PEAK_TFLOPS,
     PLAIN_MLP_TYPES,
     ThroughputMeter,
     find_device,
@@ -320,3 +323,29 @@ def test_meter_arguments_are_checked():
         ThroughputMeter(flops_per_token=0)
     with pytest.raises(ValueError, match="`world_size` must be a positive integer"):
         ThroughputMeter(flops_per_token=1.0, world_size=0)
+
+
+# ----------------------------------------------------------------------------------------- the docs
+DOC = (Path(__file__).resolve().parents[1] / "docs" / "throughput.md").read_text()
+
+
+def test_docs_worked_example_is_what_the_code_computes():
+    config = LlamaConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
+                         intermediate_size=2048, vocab_size=32768, tie_word_embeddings=True)
+    breakdown = flops_breakdown(config, 2048)
+    for figure in (breakdown.matmul_params, breakdown.training(), breakdown.training(causal=True), breakdown.forward()):
+        assert f"{figure:,}" in DOC
+    meter = ThroughputMeter(breakdown.training(), peak_flops("NVIDIA H100 80GB HBM3", "bf16"))
+    meter.update(0, 0, now=0.0)
+    meter.update(100, 100 * 16 * 2048, now=8.192)  # 400,000 tokens/s
+    assert str(meter.log_figures()) in DOC
+
+
+def test_docs_table_lists_every_device_row_with_its_figures():
+    def cell(tflops):
+        return "—" if tflops is None else f"{tflops:g}"
+
+    for row in PEAK_TFLOPS:
+        pattern = row.pattern.replace("|", "\\|")
+        line = next(line for line in DOC.splitlines() if f"| `{pattern}` |" in line)
+        assert f"| {cell(row.bf16)} | {cell(row.fp16)} | {cell(row.tf32)} | {cell(row.fp32)} |" in line, row.name
