@@ -101,6 +101,7 @@ def training_token_pieces(
     from datasets import Features, IterableDataset, List, Value
 
     started = time.perf_counter()
+    num_proc = num_proc if num_proc and num_proc > 1 else None  # datasets starts a worker pool even for 1
     dtype = token_dtype(len(tokenizer))
     fn_kwargs = {"tokenizer": tokenizer, "text_column": source.text_column, "heldout_fraction": heldout_fraction,
                  "seed": seed, "dtype": dtype}
@@ -132,10 +133,10 @@ def training_token_pieces(
             cache_file_name=str(workdir / "tokenized.arrow"), desc="Tokenizing",
         )
         stats.documents = len(tokenized)
-        for table in tokenized.with_format("arrow").iter(batch_size=8 * MAP_BATCH):
-            values = table.column("input_ids").combine_chunks().flatten()
-            yield _account(values.to_numpy(zero_copy_only=False), stats)
+        files = [f["filename"] for f in tokenized.cache_files]
         del tokenized
+        for path in files:
+            yield from (_account(piece, stats) for piece in _read_token_lists(path))
     stats.seconds = time.perf_counter() - started
 
 
@@ -144,3 +145,13 @@ def _account(piece: np.ndarray, stats: PassStats) -> np.ndarray:
     if len(piece):
         stats.max_token_id = max(stats.max_token_id, int(piece.max()))
     return piece
+
+
+def _read_token_lists(path: str) -> Iterator[np.ndarray]:
+    """The flattened ``input_ids`` of each record batch of a ``datasets`` Arrow file, read with plain file reads:
+    a memory map would keep every page read resident (and counted in RSS) until unmapped."""
+    import pyarrow as pa
+
+    with pa.OSFile(path) as handle:
+        for batch in pa.ipc.open_stream(handle):
+            yield batch.column("input_ids").flatten().to_numpy(zero_copy_only=False)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .packing import BlockCutter, pack_documents
 from .pipeline import PassStats, SideDocuments, collect_side_documents, training_token_pieces
-from .tokenizer import cache_root, token_dtype, tokenizer_fingerprint
+from .tokenizer import cache_root, lock_path, token_dtype, tokenizer_fingerprint
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -168,7 +168,7 @@ def prepare_blocks(
     root = cache_root(cache_dir) / "prepared"
     folder = root / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', source.name)}-{key[:16]}"
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
+    with FileLock(lock_path(cache_dir, folder.name)):
         if (folder / INFO_FILE).is_file():
             return folder, True
         workdir = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))

@@ -35,6 +35,13 @@ def cache_root(cache_dir: str | Path | None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
+def lock_path(cache_dir: str | Path | None, name: str) -> str:
+    """The file lock guarding cache entry ``name`` (kept apart from the entries)."""
+    locks = cache_root(cache_dir) / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return str(locks / f"{name}.lock")
+
+
 def tokenizer_cache_key(documents: Sequence[str], vocab_size: int, min_frequency: int = 2) -> str:
     """Hash of the training documents and the tokenizer settings: the tokenizer cache's key."""
     digest = hashlib.sha256()
@@ -67,7 +74,7 @@ def train_tokenizer(
     key = tokenizer_cache_key(documents, vocab_size, min_frequency)
     folder = cache_root(cache_dir) / "tokenizers" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-bpe{vocab_size}-{key[:12]}"
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
+    with FileLock(lock_path(cache_dir, folder.name)):
         if (folder / "tokenizer.json").is_file():
             logger.info("Loading cached tokenizer from %s", folder)
             return PreTrainedTokenizerFast.from_pretrained(str(folder))
