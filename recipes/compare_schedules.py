@@ -133,7 +133,7 @@ def train_run(recipe_argv, fingerprint, schedule, budgets, run_dir: Path, get_da
     args.eval_task_paths, args.eval_tasks = tasks
     set_seed(args.seed)  # identical initial weights for every run
     model = build_model(model_args, data.tokenizer, data_args.block_size)
-    trainer = WSDTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=heldout, processing_class=data.tokenizer)
+    trainer = WSDTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=heldout, processing_class=data.tokenizer, data_collator=data.collator)
     trainer.base_model = model_args.model_name_or_path
     plan = trainer.plan
     print(f"[compare] {schedule} {budgets}: {plan.total_compute} updates → {run_dir}", flush=True)

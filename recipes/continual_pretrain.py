@@ -81,7 +81,7 @@ def upstream_split_seed(continual: ContinualArguments, model_name_or_path: str, 
 def upstream_heldout(continual: ContinualArguments, tokenizer, block_size: int, text_column: str, seed: int):
     """The original corpus's held-out documents (the same split as the original run), packed."""
     corpus = load_corpus(continual.upstream_corpus, text_column=text_column)
-    _, heldout = split_documents(len(corpus.documents), continual.upstream_heldout_fraction, seed)
+    _, heldout = split_documents(corpus.documents, continual.upstream_heldout_fraction, seed)
     return pack_documents([corpus.documents[i] for i in heldout], tokenizer, block_size)
 
 
@@ -151,7 +151,7 @@ def main(argv: list[str]) -> dict | None:
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions is not None and data_args.block_size > positions:
         raise ValueError(f"`block_size`={data_args.block_size} exceeds the checkpoint's {positions} positions; lower it.")
-    trainer = WSDTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=eval_dataset, processing_class=tokenizer)
+    trainer = WSDTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=eval_dataset, processing_class=tokenizer, data_collator=data.collator)
     trainer.base_model = base
     start = None
     if continual.baseline_eval:

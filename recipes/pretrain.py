@@ -125,7 +125,7 @@ def main(argv: list[str]) -> WSDTrainer:
     add_bundled_tasks(args, data_args, data)
 
     model = build_model(model_args, data.tokenizer, data_args.block_size)
-    trainer = WSDTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=heldout, processing_class=data.tokenizer)
+    trainer = WSDTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=heldout, processing_class=data.tokenizer, data_collator=data.collator)
     trainer.base_model = model_args.model_name_or_path
     if trainer.is_world_process_zero():
         print(data.describe())
