@@ -1,4 +1,4 @@
-"""``hf-wsd``: inspect a budget plan, publish what a run left unpublished."""
+"""``hf-wsd``: inspect a budget plan, publish what a run left unpublished, prepare a corpus as a token folder."""
 
 from __future__ import annotations
 
@@ -54,6 +54,55 @@ def _push(args: argparse.Namespace) -> int:
     return push_pending(args.output_dir, repo_id=args.repo, private=args.private)
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    import logging
+    import time
+
+    from .data import open_corpus, tokenizer_sample, train_tokenizer, write_token_folder
+    from .data.tokenizer import load_tokenizer
+
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    started = time.perf_counter()
+    source = open_corpus(args.corpus, args.dataset_config, args.dataset_split, args.text_column, args.streaming,
+                         args.cache_dir)
+    if args.tokenizer:
+        tokenizer = load_tokenizer(args.tokenizer)
+    else:
+        sample = tokenizer_sample(source, args.max_tokenizer_documents, args.heldout_fraction, args.seed)
+        tokenizer = train_tokenizer(sample, args.vocab_size, args.cache_dir, name=source.name)
+    folder = write_token_folder(source, tokenizer, args.output_dir, args.heldout_fraction, args.seed, args.num_proc,
+                                args.max_heldout_documents)
+    import json
+
+    meta = json.loads((folder / "metadata.json").read_text())
+    seconds = time.perf_counter() - started
+    print(f"wrote {folder}: {meta['train_tokens']:,} training tokens ({meta['dtype']}) "
+          f"from {meta['train_documents']:,} "
+          f"documents, {meta['heldout_documents_count']:,} held-out documents, in {seconds:.1f} s "
+          f"({meta['train_tokens'] / seconds:,.0f} tokens/s)")
+    print(f"train on it with: --corpus {folder}")
+    return 0
+
+
+def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "corpus", help="kjv, shakespeare, local files/folders/globs (.txt .md .jsonl .parquet) or a datasets name"
+    )
+    parser.add_argument("output_dir", help="token folder to write (must not exist)")
+    parser.add_argument("--tokenizer", help="tokenizer name or path (default: train a byte-level BPE on a sample)")
+    parser.add_argument("--vocab-size", type=int, default=4096, help="vocabulary of the trained tokenizer")
+    parser.add_argument("--max-tokenizer-documents", type=int, default=100_000, help="tokenizer training sample")
+    parser.add_argument("--heldout-fraction", type=float, default=0.05, help="share of documents held out (by hash)")
+    parser.add_argument("--max-heldout-documents", type=int, default=2000, help="held-out documents kept")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--dataset-config", help="config name of a datasets corpus")
+    parser.add_argument("--dataset-split", default="train")
+    parser.add_argument("--streaming", action="store_true", help="stream the corpus instead of converting it to Arrow")
+    parser.add_argument("--num-proc", type=int, help="tokenizing processes (map-style corpora)")
+    parser.add_argument("--cache-dir", help="hf_wsd cache (tokenizers, Arrow conversions)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hf-wsd", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("--repo", help="Hub repo id (default: the one recorded in the ledger)")
     push.add_argument("--private", action="store_true", help="create the repo private if it does not exist")
     push.set_defaults(run=_push)
+    prepare = commands.add_parser("prepare", help="tokenize a corpus once into a token folder (--corpus for training)")
+    _add_prepare_arguments(prepare)
+    prepare.set_defaults(run=_prepare)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -121,7 +121,8 @@ def adapter_record(model: Any, revision: str, base_model: str | None, merged: bo
         record[key] = value
     base = repr(base_model) if base_model else "BASE_MODEL"
     record["load"] = (
-        f"PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base}), REPO_OR_FOLDER, revision={revision!r})"
+        f"PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base}), REPO_OR_FOLDER, "
+        f"revision={revision!r})"
     )
     record["merged"] = MERGED_DIR if merged else None
     return record

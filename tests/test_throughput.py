@@ -1,4 +1,5 @@
-"""FLOPs per token, device peaks and the throughput meter (hf_wsd/throughput.py): hand counts, real weights, exact arithmetic."""
+"""FLOPs per token, device peaks and the throughput meter (hf_wsd/throughput.py): hand counts, real weights,
+exact arithmetic."""
 
 from __future__ import annotations
 
@@ -21,7 +22,12 @@ from hf_wsd.throughput import (
 )
 
 TINY_LLAMA = dict(
-    hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=512
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    vocab_size=512,
 )
 
 
@@ -52,7 +58,9 @@ def test_llama_matmul_params_equal_the_weights_of_the_instantiated_model(tied):
     model = LlamaForCausalLM(config)
     embedding = model.model.embed_tokens.weight.numel()
     norms = sum(p.numel() for name, p in model.named_parameters() if "norm" in name)
-    non_embedding = sum(p.numel() for p in model.parameters()) - embedding - norms  # parameters() lists a tied head once
+    non_embedding = (
+        sum(p.numel() for p in model.parameters()) - embedding - norms
+    )  # parameters() lists a tied head once
     head = 0 if not tied else config.vocab_size * config.hidden_size  # a tied head still costs its matmul
     breakdown = flops_breakdown(config, 256)
     assert non_embedding + head == breakdown.matmul_params
@@ -74,26 +82,56 @@ def test_gqa_shrinks_the_key_and_value_projections_only():
 
     mha, mqa = breakdown(4), breakdown(1)
     assert mha.attention_params - mqa.attention_params == 2 * 2 * 64 * 16 * (4 - 1)  # L · (k, v) · d · Q · heads saved
-    assert (mha.mlp_params, mha.lm_head_params, mha.attention_flops) == (mqa.mlp_params, mqa.lm_head_params, mqa.attention_flops)
+    assert (mha.mlp_params, mha.lm_head_params, mha.attention_flops) == (
+        mqa.mlp_params,
+        mqa.lm_head_params,
+        mqa.attention_flops,
+    )
 
 
 def test_gemma_head_dim_need_not_be_hidden_over_heads():
-    config = CONFIG_MAPPING["gemma"](hidden_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                     head_dim=48, intermediate_size=96, vocab_size=256)
+    config = CONFIG_MAPPING["gemma"](
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=48,
+        intermediate_size=96,
+        vocab_size=256,
+    )
     breakdown = flops_breakdown(config, 10)
     assert breakdown.attention_params == 64 * 48 * (2 * 2 + 2 * 1)
     assert breakdown.attention_flops == 4 * 2 * 48 * 10
 
 
-_TINY = dict(vocab_size=96, hidden_size=32, n_embd=32, num_hidden_layers=2, n_layer=2, num_attention_heads=4, n_head=4,
-             intermediate_size=48, max_position_embeddings=64, n_positions=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+_TINY = dict(
+    vocab_size=96,
+    hidden_size=32,
+    n_embd=32,
+    num_hidden_layers=2,
+    n_layer=2,
+    num_attention_heads=4,
+    n_head=4,
+    intermediate_size=48,
+    max_position_embeddings=64,
+    n_positions=64,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 _TINY_EXTRA = {
     "opt": dict(ffn_dim=48, word_embed_proj_dim=16),  # OPT-350m-style projections in and out of the embedding width
-    "gpt2": dict(n_inner=48), "gptj": dict(n_inner=48, rotary_dim=4), "gpt_bigcode": dict(n_inner=48),
+    "gpt2": dict(n_inner=48),
+    "gptj": dict(n_inner=48, rotary_dim=4),
+    "gpt_bigcode": dict(n_inner=48),
     "falcon": dict(ffn_hidden_size=48, new_decoder_architecture=True, num_kv_heads=2),
-    "gemma": dict(head_dim=16, num_key_value_heads=2), "gemma2": dict(head_dim=16, num_key_value_heads=2),
-    "gemma3_text": dict(head_dim=16, num_key_value_heads=2), "qwen3": dict(head_dim=16, num_key_value_heads=1),
-    "llama": dict(num_key_value_heads=2), "mistral": dict(num_key_value_heads=2), "qwen2": dict(num_key_value_heads=2),
+    "gemma": dict(head_dim=16, num_key_value_heads=2),
+    "gemma2": dict(head_dim=16, num_key_value_heads=2),
+    "gemma3_text": dict(head_dim=16, num_key_value_heads=2),
+    "qwen3": dict(head_dim=16, num_key_value_heads=1),
+    "llama": dict(num_key_value_heads=2),
+    "mistral": dict(num_key_value_heads=2),
+    "qwen2": dict(num_key_value_heads=2),
 }
 
 
@@ -112,13 +150,28 @@ def test_every_known_architecture_counts_the_matmul_weights_its_model_has(model_
 
 
 def test_sliding_window_layers_count_at_most_the_window():
-    gemma2 = CONFIG_MAPPING["gemma2"](hidden_size=64, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
-                                      head_dim=32, intermediate_size=96, vocab_size=256, sliding_window=100)
+    gemma2 = CONFIG_MAPPING["gemma2"](
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        intermediate_size=96,
+        vocab_size=256,
+        sliding_window=100,
+    )
     assert gemma2.layer_types.count("sliding_attention") == 2
     assert flops_breakdown(gemma2, 1000).attention_flops == 4 * 2 * 32 * (2 * 1000 + 2 * 100)
     assert flops_breakdown(gemma2, 80).attention_flops == 4 * 2 * 32 * 4 * 80  # shorter than the window: no effect
-    mistral = CONFIG_MAPPING["mistral"](hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                        intermediate_size=96, vocab_size=256, sliding_window=100)
+    mistral = CONFIG_MAPPING["mistral"](
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        vocab_size=256,
+        sliding_window=100,
+    )
     assert flops_breakdown(mistral, 1000).attention_flops == 4 * 4 * 16 * 2 * 100
 
 
@@ -143,16 +196,29 @@ class _LlamaLikeConfig:  # a known model_type whose config names the depth diffe
 
 
 def test_missing_config_attribute_is_named_and_weights_are_the_fallback():
-    with pytest.raises(ValueError, match=r"`num_hidden_layers` \(or `n_layer`, `num_layers`\) is missing from the _LlamaLikeConfig"):
+    with pytest.raises(
+        ValueError, match=r"`num_hidden_layers` \(or `n_layer`, `num_layers`\) is missing from the _LlamaLikeConfig"
+    ):
         flops_per_token(_LlamaLikeConfig(), 256)
     model = LlamaForCausalLM(LlamaConfig(**TINY_LLAMA))
     breakdown = flops_breakdown(_LlamaLikeConfig(), 256, model=model)
-    assert (breakdown.source, breakdown.matmul_params, breakdown.attention_flops) == ("parameters", 106496, 0)  # no depth
+    assert (breakdown.source, breakdown.matmul_params, breakdown.attention_flops) == (
+        "parameters",
+        106496,
+        0,
+    )  # no depth
 
 
 def test_mixture_of_experts_and_bad_seq_length_are_refused():
-    mixtral = CONFIG_MAPPING["mixtral"](hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                                        intermediate_size=96, vocab_size=256, num_local_experts=4)
+    mixtral = CONFIG_MAPPING["mixtral"](
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        vocab_size=256,
+        num_local_experts=4,
+    )
     with pytest.raises(ValueError, match="mixture-of-experts config \\(`num_local_experts`=4\\)"):
         flops_per_token(mixtral, 256)
     with pytest.raises(ValueError, match="`seq_length` must be a positive integer"):
@@ -195,17 +261,32 @@ def test_peak_table_knows_the_names_torch_reports(name, dtype, tflops):
 
 @pytest.mark.parametrize(
     "name, dtype",
-    [("cpu", "bf16"), ("NVIDIA GeForce RTX 3090 Ti", "bf16"), ("Tesla V100-SXM2-32GB", "bf16"), ("Tesla T4", torch.bfloat16),
-     ("NVIDIA A10G", "bf16")],
+    [
+        ("cpu", "bf16"),
+        ("NVIDIA GeForce RTX 3090 Ti", "bf16"),
+        ("Tesla V100-SXM2-32GB", "bf16"),
+        ("Tesla T4", torch.bfloat16),
+        ("NVIDIA A10G", "bf16"),
+    ],
 )
 def test_peak_is_none_when_unknown(name, dtype):
     assert peak_flops(name, dtype) is None
 
 
 def test_similar_names_do_not_match_each_other():
-    assert [find_device(n).name for n in ("NVIDIA A10", "NVIDIA A10G", "NVIDIA A100-SXM4-80GB", "NVIDIA H20", "NVIDIA H200",
-                                          "NVIDIA L4", "NVIDIA L40", "NVIDIA L40S")] == [
-        "A10", "A10G", "A100", "H20", "H200 SXM", "L4", "L40", "L40S"]
+    assert [
+        find_device(n).name
+        for n in (
+            "NVIDIA A10",
+            "NVIDIA A10G",
+            "NVIDIA A100-SXM4-80GB",
+            "NVIDIA H20",
+            "NVIDIA H200",
+            "NVIDIA L4",
+            "NVIDIA L40",
+            "NVIDIA L40S",
+        )
+    ] == ["A10", "A10G", "A100", "H20", "H200 SXM", "L4", "L40", "L40S"]
 
 
 def test_peak_override_wins_and_is_checked():
@@ -227,7 +308,8 @@ def test_matmul_precision_follows_the_trainer_flags():
 
 # ----------------------------------------------------------------------------------------- the meter
 def _meter_with_a_paused_budget():
-    """Updates 1–2 at 1000 tokens/s, 87.5 s paused for a budget, update 3 at 500 tokens/s (1e9 FLOPs/token, 2 devices)."""
+    """Updates 1–2 at 1000 tokens/s, 87.5 s paused for a budget, update 3 at 500 tokens/s (1e9 FLOPs/token,
+    2 devices)."""
     meter = ThroughputMeter(flops_per_token=1e9, peak_flops=1e12, world_size=2)
     meter.update(0, 0, now=10.0)  # the starting point: counts nothing
     meter.update(1, 1000, now=11.0)
@@ -243,7 +325,11 @@ def test_meter_leaves_paused_time_out_of_tokens_per_second_and_mfu():
     # 3000 tokens in 1 + 1 + (0.5 + 1.5) = 4 training seconds: 750 tokens/s, 375 per device,
     # 375 · 1e9 = 0.375 TFLOP/s per device, 37.5 % of the 1 TFLOP/s peak.
     assert meter.log_figures() == {
-        "tokens_per_second": 750.0, "tokens_per_second_per_device": 375.0, "tflops_per_device": 0.375, "mfu": 37.5}
+        "tokens_per_second": 750.0,
+        "tokens_per_second_per_device": 375.0,
+        "tflops_per_device": 0.375,
+        "mfu": 37.5,
+    }
     assert meter.log_figures() == {}  # nothing new since
     meter.update(4, 4000, now=102.5)
     assert meter.log_figures()["tokens_per_second"] == 1000.0
@@ -253,14 +339,25 @@ def test_meter_without_a_peak_omits_mfu():
     meter = ThroughputMeter(flops_per_token=1e9, world_size=1)
     meter.update(10, 0, now=0.0)
     meter.update(11, 500, now=2.0)
-    assert meter.log_figures() == {"tokens_per_second": 250.0, "tokens_per_second_per_device": 250.0, "tflops_per_device": 0.25}
+    assert meter.log_figures() == {
+        "tokens_per_second": 250.0,
+        "tokens_per_second_per_device": 250.0,
+        "tflops_per_device": 0.25,
+    }
 
 
 def test_summary_covers_a_step_range_in_proportion():
     meter = _meter_with_a_paused_budget()
     # Intervals: updates 1–2 (2000 tokens, 2 s; closed by the pause) and update 3 (1000 tokens, 2 s).
-    assert meter.summary(0, 2) == {"tokens_per_second": 1000.0, "tokens_per_second_per_device": 500.0, "tflops_per_device": 0.5,
-                                   "mfu": 50.0, "updates": 2, "tokens": 2000, "seconds": 2.0}
+    assert meter.summary(0, 2) == {
+        "tokens_per_second": 1000.0,
+        "tokens_per_second_per_device": 500.0,
+        "tflops_per_device": 0.5,
+        "mfu": 50.0,
+        "updates": 2,
+        "tokens": 2000,
+        "seconds": 2.0,
+    }
     assert meter.summary(2, 3)["tokens_per_second"] == 500.0
     # Half of the first interval (update 2: 1000 tokens, 1 s) and all of the second: 2000 tokens in 3 s.
     assert meter.summary(1, 3)["tokens_per_second"] == pytest.approx(666.7)
@@ -277,8 +374,14 @@ def test_pauses_nest_and_resume_must_match_a_pause():
     meter.update(1, 100, now=4.0)  # still paused: not counted, and counting goes on from here
     meter.resume(now=10.0)
     meter.update(2, 200, now=11.0)
-    assert meter.summary() == {"tokens_per_second": 100.0, "tokens_per_second_per_device": 100.0, "tflops_per_device": 1e-10,
-                               "updates": 1, "tokens": 100, "seconds": 1.0}
+    assert meter.summary() == {
+        "tokens_per_second": 100.0,
+        "tokens_per_second_per_device": 100.0,
+        "tflops_per_device": 1e-10,
+        "updates": 1,
+        "tokens": 100,
+        "seconds": 1.0,
+    }
     with pytest.raises(ValueError, match="resume\\(\\) without a matching pause\\(\\)"):
         meter.resume()
 
@@ -314,8 +417,14 @@ def test_history_stays_bounded_and_keeps_the_totals():
         meter.pause(now=float(step))  # one interval per update
         meter.resume(now=float(step))
     assert len(meter.intervals) <= 4
-    assert meter.summary() == {"tokens_per_second": 10.0, "tokens_per_second_per_device": 10.0, "tflops_per_device": 1e-11,
-                               "updates": 20, "tokens": 200, "seconds": 20.0}
+    assert meter.summary() == {
+        "tokens_per_second": 10.0,
+        "tokens_per_second_per_device": 10.0,
+        "tflops_per_device": 1e-11,
+        "updates": 20,
+        "tokens": 200,
+        "seconds": 20.0,
+    }
 
 
 def test_meter_arguments_are_checked():
@@ -330,8 +439,15 @@ DOC = (Path(__file__).resolve().parents[1] / "docs" / "throughput.md").read_text
 
 
 def test_docs_worked_example_is_what_the_code_computes():
-    config = LlamaConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
-                         intermediate_size=2048, vocab_size=32768, tie_word_embeddings=True)
+    config = LlamaConfig(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        intermediate_size=2048,
+        vocab_size=32768,
+        tie_word_embeddings=True,
+    )
     breakdown = flops_breakdown(config, 2048)
     for figure in (breakdown.matmul_params, breakdown.training(), breakdown.training(causal=True), breakdown.forward()):
         assert f"{figure:,}" in DOC

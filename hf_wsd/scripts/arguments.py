@@ -24,6 +24,21 @@ class DataArguments:
     block_size: int = field(default=128, metadata={"help": "Tokens per packed training block."})
     heldout_fraction: float = field(default=0.05, metadata={"help": "Share of documents held out for evaluation."})
     max_eval_blocks: int | None = field(default=64, metadata={"help": "Held-out blocks scored per budget (None: all)."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream the corpus (a resumable IterableDataset of blocks) instead of preparing it once."},
+    )
+    num_proc: int | None = field(default=None, metadata={"help": "Processes tokenizing a map-style corpus."})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Root of the tokenizer and prepared-data caches (default $HF_WSD_CACHE or ~/.cache/hf_wsd)."},
+    )
+    max_tokenizer_documents: int = field(
+        default=100_000, metadata={"help": "Training documents sampled (seeded) to train the tokenizer."}
+    )
+    max_heldout_documents: int = field(
+        default=2000, metadata={"help": "Held-out documents kept (more are held out by hash, unused)."}
+    )
     bundled_tasks: bool = field(
         default=True,
         metadata={"help": "Build the offline benchmarks from held-out documents."},

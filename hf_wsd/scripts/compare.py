@@ -119,7 +119,7 @@ def train_run(recipe, argv, signature: dict, run_dir: Path, get_data, reuse: boo
     data, heldout, tasks = get_data()
     args.eval_task_paths, args.eval_tasks = tasks
     set_seed(args.seed)  # identical initial weights for every run
-    model = build_model(model_args, data.tokenizer, data_args.block_size)
+    model = build_model(model_args, data)
     trainer = WSDTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=heldout, processing_class=data.tokenizer
     )

@@ -69,7 +69,7 @@ def upstream_heldout(continual: ContinualArguments, tokenizer, block_size: int, 
     from ..data import load_corpus, pack_documents, split_documents
 
     corpus = load_corpus(continual.upstream_corpus, text_column=text_column)
-    _, heldout = split_documents(len(corpus.documents), continual.upstream_heldout_fraction, seed)
+    _, heldout = split_documents(corpus.documents, continual.upstream_heldout_fraction, seed)
     return pack_documents([corpus.documents[i] for i in heldout], tokenizer, block_size)
 
 
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] = ()) -> dict | None:
         "downstream": first_blocks(data.heldout, data_args.max_eval_blocks),
     }
     add_bundled_tasks(args, data_args, data)
-    model = build_model(model_args, tokenizer, data_args.block_size)
+    model = build_model(model_args, data)
     trainer = WSDTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=eval_dataset, processing_class=tokenizer
     )

@@ -33,7 +33,7 @@ def main(argv: Sequence[str] = ()):
     set_seed(args.seed)
     data = load_data(data_args, args)
     add_bundled_tasks(args, data_args, data)
-    model = build_model(model_args, data.tokenizer, data_args.block_size)
+    model = build_model(model_args, data)
     heldout = first_blocks(data.heldout, data_args.max_eval_blocks)
     trainer = WSDTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=heldout, processing_class=data.tokenizer

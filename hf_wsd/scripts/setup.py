@@ -42,6 +42,11 @@ def load_data(data_args: "DataArguments", args: "WSDConfig", tokenizer=None) -> 
         dataset_config=data_args.dataset_config,
         dataset_split=data_args.dataset_split,
         text_column=data_args.text_column,
+        cache_dir=data_args.cache_dir,
+        streaming=data_args.streaming,
+        num_proc=data_args.num_proc,
+        max_tokenizer_documents=data_args.max_tokenizer_documents,
+        max_heldout_documents=data_args.max_heldout_documents,
     )
 
 
@@ -76,11 +81,14 @@ def attention_implementation(requested: str | None) -> str:
     return "sdpa"
 
 
-def build_model(model_args: "ModelArguments", tokenizer, block_size: int):
+def build_model(model_args: "ModelArguments", data: "LMData"):
     """A checkpoint to continue (``model_name_or_path``), an architecture from scratch (``config_name``), or the
-    recipe's Llama; checked against the data before any compute (context length, vocabulary)."""
+    recipe's Llama, over ``data``'s tokenizer; checked against the data before any compute (context, vocabulary)."""
+    from ..data import validate_for_model
+
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
+    tokenizer, block_size = data.tokenizer, data.block_size
     attention = attention_implementation(model_args.attn_implementation)
     if model_args.model_name_or_path:
         model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, attn_implementation=attention)
@@ -102,27 +110,5 @@ def build_model(model_args: "ModelArguments", tokenizer, block_size: int):
             pad_token_id=tokenizer.pad_token_id,
         )
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attention)
-    check_model_fits(model.config, block_size, len(tokenizer))
+    validate_for_model(data, model.config)
     return model
-
-
-_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
-
-
-def check_model_fits(config, block_size: int, vocab_size: int) -> None:
-    """The model must hold a block (its context) and every token id (its vocabulary): say so before training."""
-    for name in _CONTEXT_FIELDS:
-        context = getattr(config, name, None)
-        if isinstance(context, int):
-            if block_size > context:
-                raise ValueError(
-                    f"`block_size`={block_size} exceeds the model's context ({name}={context}): lower block_size to "
-                    f"{context} or less, or use a model with a longer context."
-                )
-            break
-    model_vocab = getattr(config, "vocab_size", None)
-    if isinstance(model_vocab, int) and vocab_size > model_vocab:
-        raise ValueError(
-            f"the tokenizer has {vocab_size} tokens but the model's vocabulary is {model_vocab} (`vocab_size`): token "
-            "ids past it would index out of range; use the model's own tokenizer or resize its embeddings."
-        )
