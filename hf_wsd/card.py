@@ -56,6 +56,20 @@ def budgets_so_far(budget_dir: str | Path) -> list[runs.BudgetRecord]:
     return runs.budget_records(budget_dir.parent.parent, up_to_step=step)
 
 
+def _throughput_text(throughput: dict | None) -> str | None:
+    """``"41,200 tokens/s (20,600 per device), 31.2 % MFU"`` from ``budget.json``'s throughput summary."""
+    if not throughput or not _finite(throughput.get("tokens_per_second")):
+        return None
+    text = f"{throughput['tokens_per_second']:,.0f} tokens/s"
+    if _finite(throughput.get("tokens_per_second_per_device")) and throughput.get("tokens_per_second_per_device") != (
+        throughput["tokens_per_second"]
+    ):
+        text += f" ({throughput['tokens_per_second_per_device']:,.0f} per device)"
+    if _finite(throughput.get("mfu")):
+        text += f", {throughput['mfu']:.1f} % MFU"
+    return text + " since the previous budget"
+
+
 def hub_id(name: str | None) -> str | None:
     """``name`` when it reads as a Hub repo id (``org/name``); ``None`` for a local path or nothing.
 
@@ -207,6 +221,7 @@ def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> di
         "learning_rate": learning_rate,
         "warmup": f"{warmup:,} updates, linear" if isinstance(warmup, int) else _MISSING,
         "train_loss": _number(budget.get("train_loss"), ".4f"),
+        "throughput": _throughput_text(budget.get("throughput")),
         "num_parameters": parameters,
         "eval_rows": eval_rows,
         "eval_note": eval_note,

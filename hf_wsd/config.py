@@ -89,6 +89,13 @@ class WSDArguments:
             `AutoModelForCausalLM`; holds a second copy of the model in memory while it is written).
 
     Parameters that control the run:
+        log_throughput (`bool`, *optional*, defaults to `True`):
+            Log tokens/s (global and per device), TFLOP/s per device and MFU (percent of the device's dense peak,
+            FLOPs per token from the architecture: 6·N + 12·L·H·Q·T) with every training loss, and summarise them per
+            budget in `budget.json` and the card. Time spent on budgets, evaluation, checkpoints and branch switches
+            is left out.
+        peak_tflops (`float` or `None`, *optional*, defaults to `None`):
+            Dense peak TFLOP/s of one device at the training precision; default: looked up from the device name.
         branch_restore (`str`, *optional*, defaults to `"auto"`):
             How a WSD side branch keeps the main branch: `"device"` (a copy where the tensors are), `"cpu"` (host
             memory), `"checkpoint"` (save at the branch point and restart `train()` from it) or `"auto"`
@@ -174,6 +181,16 @@ class WSDArguments:
     save_merged_budgets: bool = field(
         default=False,
         metadata={"help": "Also save each budget with the adapter merged in, in {budget}/merged/."},
+    )
+    log_throughput: bool = field(
+        default=True,
+        metadata={"help": "Add tokens_per_second, tokens_per_second_per_device, tflops_per_device and mfu to every "
+                          "training log line (and a per-budget summary to budget.json)."},
+    )
+    peak_tflops: float | None = field(
+        default=None,
+        metadata={"help": "Dense peak TFLOP/s of one device at the training precision (the MFU denominator); default: "
+                          "looked up from the device name (hf_wsd/throughput.py); no MFU when unknown."},
     )
     branch_restore: str = field(
         default="auto",

@@ -19,6 +19,7 @@ budgets whose subscribers did not finish (evaluation, card) are replayed when th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -31,7 +32,7 @@ from transformers.trainer_callback import CallbackHandler
 from . import branching, lean, runs
 from .config import WSDArguments
 from .events import BudgetReached, dispatch
-from .feed import FeedLoader, UpdateFeed, is_map_style
+from .data.feed import FeedLoader, UpdateFeed, is_map_style
 from .lr_scheduler import BudgetPlanLR, get_budget_plan_scheduler
 from .plan import Budget, BudgetPlan
 from .subscribers import add_budget_subscribers
@@ -115,6 +116,9 @@ class WSDMixin:
         self._restart_from: Path | None = None
         self._handled_step = -1
         self._reached: set[int] = set()  # budgets handled in this process (a checkpoint save and the update hook)
+        self.meter = None  # throughput and MFU (hf_wsd/throughput.py), built when training starts
+        self._updates_done = 0  # updates computed by this process, WSD branches included (the meter's clock)
+        self._meter_mark = 0  # the meter's step at the previous budget
         handler = self.callback_handler
         self.callback_handler = BranchAwareCallbackHandler(
             handler.callbacks, handler.model, handler.processing_class, handler.optimizer, handler.lr_scheduler
@@ -132,7 +136,12 @@ class WSDMixin:
                     "rows of varying length): set `seq_length` in the config (tokens per training example)."
                 )
             return None
-        return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * seq_length
+        return self._examples_per_update * seq_length
+
+    @property
+    def _examples_per_update(self) -> int:
+        args = self.args
+        return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """Repos and branches are the publisher's job (one branch per budget)."""
@@ -242,9 +251,12 @@ class WSDMixin:
             self.branch_restore, reason = branching.choose_branch_restore(self, self.args.branch_restore)
             if any(b.branch for b in self.plan.budgets):
                 logger.info("WSD branches keep the main branch in %s memory (%s)", self.branch_restore, reason)
+            self.meter = self._throughput_meter()
+        elif self.meter is not None:  # a restart after a WSD branch (checkpoint mode): the switch is not training
+            self.meter.resume(step=self._updates_done, tokens_seen=self._tokens_done())
         resumed = self._resume_checkpoint_in(args, kwargs)
-        if resumed is not None and self.feed is not None and self.feed.streaming:
-            self.feed.load_state_dict(_read_feed_state(resumed, self.args.process_index))
+        if resumed is not None:
+            load_state_parts(self._stateful_parts(), resumed, self.args.process_index)
         # Resumed at a branch point (after a branch in checkpoint mode, or after a crash): a branch may start here.
         if self.lr_scheduler.branch is None and self._branch_starting(self.state.global_step) is not None:
             if resumed is not None:
@@ -261,6 +273,10 @@ class WSDMixin:
         step = self.state.global_step
         first_call = step != self._handled_step  # the Trainer calls this twice on an epoch's last update
         self._handled_step = step
+        if first_call:
+            self._updates_done += 1
+            if self.meter is not None:
+                self.meter.update(self._updates_done, self._tokens_done())
         if self.lr_scheduler.branch is not None:
             self.control.should_save = False  # checkpoints hold the main branch only
         elif self._needs_checkpoint(step):
@@ -275,13 +291,45 @@ class WSDMixin:
         # A budget due now is written first: a checkpoint that lets a resume skip past a budget never exists
         # without the budget's folder (a kill between the two would lose the budget for good).
         self._reach_due_budgets(self.state.global_step)
-        if self.feed is not None and self.feed.streaming:  # the stream's position, per rank, before the Trainer's
-            folder = runs.checkpoint_folder(self._get_output_dir(trial=None), self.state.global_step)  # files
-            _state_file(folder, self.args.process_index).parent.mkdir(parents=True, exist_ok=True)
-            runs.write_json(_state_file(folder, self.args.process_index), {"feed": self.feed.state_dict()})
-        super()._save_checkpoint(*args, **kwargs)
+        with self._paused():
+            # hf_wsd's own state goes in before the Trainer's files: their trainer_state.json marks it complete.
+            folder = runs.checkpoint_folder(self._get_output_dir(trial=None), self.state.global_step)
+            save_state_parts(self._stateful_parts(), folder, self.args.process_index, self.args.should_save)
+            super()._save_checkpoint(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with self._paused():  # evaluation is not training: tokens/s and MFU leave it out
+            return super().evaluate(*args, **kwargs)
+
+    def _paused(self):
+        return self.meter.paused() if self.meter is not None else contextlib.nullcontext()
+
+    def _tokens_done(self) -> int:
+        return self._updates_done * (self.plan.tokens_per_update or 0)
+
+    def _throughput_meter(self):
+        """Tokens/s, TFLOP/s and MFU of this run (``log_throughput``), or ``None`` without a sequence length."""
+        if not self.args.log_throughput:
+            return None
+        from .throughput import ThroughputMeter, device_name, flops_per_token, matmul_precision, peak_flops
+
+        model = self.accelerator.unwrap_model(self.model)
+        model = model.get_base_model() if lean.is_peft_model(model) else model
+        if self.plan.tokens_per_update is None:
+            logger.info("No throughput figures: the sequence length is unknown (set `seq_length`).")
+            return None
+        try:
+            flops = flops_per_token(model.config, self.plan.tokens_per_update // self._examples_per_update, model=model)
+        except ValueError as error:
+            logger.info("No throughput figures: %s", error)
+            return None
+        precision = matmul_precision(bf16=self.args.bf16, fp16=self.args.fp16, tf32=self.args.tf32)
+        peak = peak_flops(device_name(self.args.device), precision, self.args.peak_tflops)
+        return ThroughputMeter(flops, peak, self.args.world_size)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self.meter is not None and "loss" in logs:
+            logs.update(self.meter.log_figures())
         super().log(logs, *args, **kwargs)
         if self.args.should_save and self.run_id is not None:  # the run's full record, branches included
             entry = {**logs, "step": self.state.global_step, "branch": self.lr_scheduler_branch, "time": time.time()}
@@ -338,7 +386,8 @@ class WSDMixin:
             return
         logger.info("WSD branch for %s: %d decay updates from update %d", budget.name, budget.decay_steps, step)
         if self.branch_restore != "checkpoint":
-            self._snapshot = branching.take_snapshot(self, self._stateful_parts(), self.branch_restore)
+            with self._paused():
+                self._snapshot = branching.take_snapshot(self, self._stateful_parts(), self.branch_restore)
         self.lr_scheduler.enter_branch(budget.index)
         dispatch(self.callback_handler.callbacks, "on_branch_begin", self.args, self.state, self.control,
                  budget=budget, trainer=self)
@@ -346,10 +395,13 @@ class WSDMixin:
     def _leave_branch(self, budget: Budget) -> None:
         """Back to the branch point: in place from the snapshot, or by restarting from its checkpoint."""
         if self._snapshot is not None:
-            branching.restore_snapshot(self, self._snapshot, self._stateful_parts())
+            with self._paused():
+                branching.restore_snapshot(self, self._snapshot, self._stateful_parts())
             self._snapshot = None
             self._handled_step = self.state.global_step
         else:
+            if self.meter is not None:
+                self.meter.pause()  # resumed when the restarted train() is ready (_prepare_for_training)
             self._restart_from = runs.checkpoint_folder(self.output_path, budget.decay_start)
             self.control.should_training_stop = True
             self.callback_handler.branch_ending = True
@@ -357,7 +409,9 @@ class WSDMixin:
                  budget=budget, trainer=self)
 
     def _stateful_parts(self) -> dict[str, Any]:
-        """hf_wsd's own state a branch snapshot must keep besides the Trainer's (the data feed's position)."""
+        """hf_wsd's own state that checkpoints and branch snapshots keep besides the Trainer's: the data feed's
+        position (and what subclasses add). Each part has ``state_dict()`` / ``load_state_dict()`` and
+        ``per_rank`` (one state per process, or the main process's for all)."""
         return {"feed": self.feed} if self.feed is not None else {}
 
     def _written(self, budget: Budget) -> bool:
@@ -374,6 +428,11 @@ class WSDMixin:
     # ------------------------------------------------------------------------------------------- budgets
     def _reach_budget(self, budget: Budget) -> None:
         """Write the budget's folder (once per run) and fire the *budget reached* event."""
+        with self._paused():
+            self._write_and_dispatch(budget)
+        self._meter_mark = self._updates_done
+
+    def _write_and_dispatch(self, budget: Budget) -> None:
         folder = runs.budget_folder(self.output_path, budget)
         replayed = self._written(budget)
         if replayed:
@@ -409,7 +468,15 @@ class WSDMixin:
             seed=self.args.seed,
             optim=getattr(self.args.optim, "value", self.args.optim),
             adapter=lean.adapter_record(model, budget.name, base_model, merged),
+            throughput=self._throughput_record(),
         )
+
+    def _throughput_record(self) -> dict | None:
+        """Tokens/s and MFU over the updates since the previous budget (its decay and the stable phase before)."""
+        if self.meter is None:
+            return None
+        summary = self.meter.summary(self._meter_mark, self._updates_done)
+        return {**summary, "flops_per_token": self.meter.flops_per_token, "peak_flops": self.meter.peak_flops}
 
 
 class WSDTrainer(WSDMixin, Trainer):
@@ -429,18 +496,38 @@ class WSDTrainer(WSDMixin, Trainer):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _state_file(checkpoint: str | Path, rank: int) -> Path:
-    return Path(checkpoint) / runs.STATE_DIR / f"rank{rank}.json"
+def _state_file(checkpoint: str | Path, name: str, rank: int | None) -> Path:
+    suffix = "" if rank is None else f"-rank{rank}"
+    return Path(checkpoint) / runs.STATE_DIR / f"{name}{suffix}.pt"
 
 
-def _read_feed_state(checkpoint: str | Path, rank: int) -> dict:
-    path = _state_file(checkpoint, rank)
-    if not path.is_file():
-        raise ValueError(
-            f"{checkpoint} holds no position of the training stream ({path} is missing): it was not written by "
-            "hf_wsd with this stream. Resume from a checkpoint of this run, or start over."
-        )
-    return runs.read_json(path, "resume from an earlier checkpoint (pass its path as resume_from_checkpoint).")["feed"]
+def save_state_parts(parts: dict[str, Any], checkpoint: Path, rank: int, is_main: bool) -> None:
+    """Write each part's ``state_dict()`` into ``{checkpoint}/wsd_state/`` (per rank, or once by the main process)."""
+    import torch
+
+    for name, part in parts.items():
+        state = part.state_dict()
+        if not state or (not getattr(part, "per_rank", True) and not is_main):
+            continue
+        path = _state_file(checkpoint, name, rank if getattr(part, "per_rank", True) else None)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+
+
+def load_state_parts(parts: dict[str, Any], checkpoint: str | Path, rank: int) -> None:
+    """Restore each part from a checkpoint written by :func:`save_state_parts` (a part with no file keeps its state
+    only when it needs none: map-style data feeds are positioned by the step alone)."""
+    import torch
+
+    for name, part in parts.items():
+        path = _state_file(checkpoint, name, rank if getattr(part, "per_rank", True) else None)
+        if path.is_file():
+            part.load_state_dict(torch.load(path, weights_only=True))
+        elif getattr(part, "needs_state", False):
+            raise ValueError(
+                f"{checkpoint} holds no state of `{name}` ({path} is missing): it was not written by this kind of run. "
+                "Resume from a checkpoint of this run, or start over with overwrite_output_dir=True."
+            )
 
 
 def _data_seed(args) -> int:

@@ -155,8 +155,15 @@ class UpdateFeed:
             self.map_source, self.stream = None, StreamSource(_shard_stream(dataset, world_size, rank))
         self._last: tuple[int, int] | None = None
 
+    per_rank = True  # each rank reads its own share of a stream
+
     @property
     def streaming(self) -> bool:
+        return self.stream is not None
+
+    @property
+    def needs_state(self) -> bool:
+        """A stream's position must come from a checkpoint; map-style data is positioned by the step alone."""
         return self.stream is not None
 
     def positions(self, step: int, micro: int) -> np.ndarray:
