@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token, hf_hub_url
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 from huggingface_hub.utils.sha import git_hash, sha_fileobj
@@ -61,7 +61,9 @@ _TRANSPORT_ERRORS = _transport_errors()
 
 
 def is_transient(error: BaseException) -> bool:
-    """Whether retrying may help: 5xx, 408/409/412/423/425/429 answers and connection errors."""
+    """Whether retrying may help: 5xx, 408/409/412/423/425/429 answers and connection errors (not offline mode)."""
+    if isinstance(error, OfflineModeIsEnabled):  # HF_HUB_OFFLINE is set: no retry will reach the Hub
+        return False
     if isinstance(error, HfHubHTTPError):
         status = getattr(getattr(error, "response", None), "status_code", None)
         return status is None or status >= 500 or status in _TRANSIENT_STATUSES

@@ -316,6 +316,7 @@ def push_pending(
     if not budgets_dir.is_dir():
         raise ValueError(f"{budgets_dir} does not exist: OUTPUT_DIR must be the output directory of an hf_wsd run.")
     ledger = Ledger(budgets_dir)
+    ledger.load()  # a damaged ledger is named before anything is sent
     repo_id = repo_id or ledger.repo_id
     if not repo_id:
         raise ValueError(f"no repo recorded in {ledger.path}: pass the Hub repo with --repo ORG/NAME.")

@@ -226,15 +226,17 @@ class WSDMixin:
     def _replay_unfinished_budgets(self, checkpoint: Path) -> None:
         """Budgets written before the interruption but not evaluated or carded: replay their event now.
 
-        Only those the resumed run will not reach again (at or before the checkpoint's step); the model gets the
-        budget's weights from its folder, the state the checkpoint's (``train()`` loads the checkpoint right after).
+        Only those the resumed run will not reach again: in-line budgets at or before the checkpoint's step, and
+        WSD branch budgets (a written branch is not run again). The model gets the budget's weights from its
+        folder, the state the checkpoint's (``train()`` loads the checkpoint right after).
         """
         from transformers import TrainerState
 
         step = runs.checkpoint_step(checkpoint)
         for budget in self.plan.budgets:
             folder = runs.budget_folder(self.output_path, budget)
-            if budget.step > step or not self._written(budget) or not self._from_main(self._unfinished(folder)):
+            reached_again = not budget.branch and budget.step > step
+            if reached_again or not self._written(budget) or not self._from_main(self._unfinished(folder)):
                 continue
             logger.info("%s was written before the interruption but not evaluated or carded: finishing it", budget.name)
             self.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))

@@ -85,6 +85,20 @@ def tiny_trainer(output_dir, budgets, schedule="wsd-s", callbacks=None, model=No
                       train_dataset=train_dataset if train_dataset is not None else tiny_data(), callbacks=callbacks)
 
 
+def tiny_run(output_dir, budgets, schedule="wsd-s", callbacks=(), evaluate=False, push: str | None = None, **overrides):
+    """:func:`tiny_trainer` with held-out evaluation of every budget and publishing to ``push`` when asked."""
+    settings = dict(overrides)
+    if evaluate:
+        settings.update(budget_eval=True, per_device_eval_batch_size=4)
+    if push:
+        settings.update(push_to_hub=True, hub_model_id=push)
+    from hf_wsd import WSDTrainer
+
+    args = tiny_config(output_dir, budgets, schedule, **settings)
+    return WSDTrainer(model=tiny_model(), args=args, train_dataset=tiny_data(), callbacks=list(callbacks),
+                      eval_dataset=tiny_data(n=8, seed=1) if evaluate else None)
+
+
 def budget_dirs(output_dir) -> dict[int, Path]:
     """A run's budget folders by step."""
     from hf_wsd import runs
@@ -118,6 +132,21 @@ def KillAt(step: int):  # noqa: N802 - a callback class, built lazily (importing
                 os.kill(os.getpid(), signal.SIGKILL)
 
     return _KillAt()
+
+
+def KillOnBudget(step: int, priority: int):  # noqa: N802
+    """A budget subscriber that SIGKILLs this process when budget ``step`` is reached, at ``priority`` among the
+    subscribers (above evaluation's 100: the folder is written but not evaluated; between 100 and the card's -100:
+    evaluated, no card; below the publisher's -200: queued for upload, the upload in flight)."""
+    from hf_wsd import BudgetCallback
+
+    class _KillOnBudget(BudgetCallback):
+        def on_budget_reached(self, args, state, control, *, event, **kwargs):
+            if event.budget.step == step and not event.replayed:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    _KillOnBudget.priority = priority
+    return _KillOnBudget()
 
 
 # ----------------------------------------------------------------------------------------------- real text
@@ -346,9 +375,15 @@ if __name__ == "__main__":
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--save-steps", type=int, default=1000)
     parser.add_argument("--branch-restore", default="auto")
+    parser.add_argument("--kill-on-budget", type=int, help="SIGKILL when this budget (a step) is reached ...")
+    parser.add_argument("--kill-priority", type=int, default=200, help="... at this priority among the subscribers")
+    parser.add_argument("--eval", action="store_true", help="evaluate every budget (held-out loss)")
+    parser.add_argument("--push", help="publish every budget to this repo (HF_ENDPOINT, HF_TOKEN from the environment)")
     parser.add_argument("--resume", action="store_true")
     cli = parser.parse_args()
-    callbacks = [KillAt(cli.kill_at)] if cli.kill_at is not None else None
-    trainer = tiny_trainer(cli.output_dir, cli.budgets, cli.schedule, callbacks=callbacks, save_steps=cli.save_steps,
-                           branch_restore=cli.branch_restore)
+    callbacks = [KillAt(cli.kill_at)] if cli.kill_at is not None else []
+    if cli.kill_on_budget is not None:
+        callbacks.append(KillOnBudget(cli.kill_on_budget, cli.kill_priority))
+    trainer = tiny_run(cli.output_dir, cli.budgets, cli.schedule, callbacks, cli.eval, cli.push,
+                       save_steps=cli.save_steps, branch_restore=cli.branch_restore)
     trainer.train(resume_from_checkpoint=True if cli.resume else None)

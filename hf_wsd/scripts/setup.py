@@ -83,32 +83,39 @@ def attention_implementation(requested: str | None) -> str:
 
 def build_model(model_args: "ModelArguments", data: "LMData"):
     """A checkpoint to continue (``model_name_or_path``), an architecture from scratch (``config_name``), or the
-    recipe's Llama, over ``data``'s tokenizer; checked against the data before any compute (context, vocabulary)."""
+    recipe's Llama, over ``data``'s tokenizer. Its config is checked against the data (context, vocabulary)
+    before any weight is loaded or allocated."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     from ..data import validate_for_model
 
-    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
-
-    tokenizer, block_size = data.tokenizer, data.block_size
     attention = attention_implementation(model_args.attn_implementation)
     if model_args.model_name_or_path:
-        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, attn_implementation=attention)
-    elif model_args.config_name:
-        config = AutoConfig.from_pretrained(model_args.config_name, vocab_size=len(tokenizer))
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention)
-    else:
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=model_args.hidden_size,
-            intermediate_size=model_args.intermediate_size,
-            num_hidden_layers=model_args.num_hidden_layers,
-            num_attention_heads=model_args.num_attention_heads,
-            num_key_value_heads=model_args.num_key_value_heads,
-            max_position_embeddings=block_size,
-            tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention)
-    validate_for_model(data, model.config)
-    return model
+        validate_for_model(data, AutoConfig.from_pretrained(model_args.model_name_or_path))
+        return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, attn_implementation=attention)
+    config = model_config(model_args, data)
+    validate_for_model(data, config)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attention)
+
+
+def model_config(model_args: "ModelArguments", data: "LMData"):
+    """The architecture to train from scratch: ``config_name`` over the tokenizer's vocabulary, or the recipe's
+    Llama."""
+    from transformers import AutoConfig, LlamaConfig
+
+    tokenizer = data.tokenizer
+    if model_args.config_name:
+        return AutoConfig.from_pretrained(model_args.config_name, vocab_size=len(tokenizer))
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=model_args.hidden_size,
+        intermediate_size=model_args.intermediate_size,
+        num_hidden_layers=model_args.num_hidden_layers,
+        num_attention_heads=model_args.num_attention_heads,
+        num_key_value_heads=model_args.num_key_value_heads,
+        max_position_embeddings=data.block_size,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
