@@ -1,0 +1,120 @@
+"""What a WSD branch switch costs: in-memory snapshot/restore vs the checkpoint path, side by side in one run.
+
+    python benchmarks/branch_switch.py [--sizes 5M 50M] [--rounds 2]
+
+A WSD run with budgets [B/2, B] (one side branch, decaying over 10 % of its budget) is trained with
+``branch_restore="device"`` (in memory) and ``"checkpoint"`` (save at the branch point, restart ``train()``),
+interleaved, for each model size. Measured with callbacks, so the trainer carries no timers:
+
+- switch out: from the end of the branch point's update to the branch's start (the main branch's resumable
+  checkpoint, written in both modes, plus the snapshot in memory mode);
+- switch back: from the end of the branch's budget (folder written, subscribers done) to the main branch's next
+  update (restore in place, or restart ``train()`` from the checkpoint);
+- the branch's own updates.
+
+Reports seconds per switch and the switch as a share of the branch's compute. Tokens per update are fixed
+(batch 4 × 128), so the share falls as branches get longer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+from datasets import Dataset
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from hf_wsd import BudgetCallback, WSDConfig, WSDTrainer
+
+SEQ, BATCH, VOCAB = 128, 4, 8192
+SIZES = {  # hidden, layers, heads → about 5M and 50M parameters with an 8192-token vocabulary
+    "5M": (128, 4, 4),
+    "50M": (512, 8, 8),
+}
+
+
+class SwitchTimer(BudgetCallback):
+    """Times the branch's switch out, its updates and the switch back (see the module docstring)."""
+
+    priority = -1000  # after every other subscriber: the budget is done when on_budget_reached reaches us
+
+    def __init__(self):
+        self.out, self.back, self.branch_updates = [], [], 0.0
+        self._step_end = self._step_begin = self._budget_done = None
+        self._in_branch = False
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        if self._budget_done is not None:
+            self.back.append(now - self._budget_done)
+            self._budget_done = None
+        self._step_begin = now
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._step_end = time.perf_counter()
+        if self._in_branch:
+            self.branch_updates += self._step_end - self._step_begin
+
+    def on_branch_begin(self, args, state, control, **kwargs):
+        self.out.append(time.perf_counter() - self._step_end)
+        self._in_branch = True
+
+    def on_budget_reached(self, args, state, control, *, event, **kwargs):
+        if event.budget.branch:
+            self._in_branch = False
+            self._budget_done = time.perf_counter()
+
+
+def model(size: str) -> LlamaForCausalLM:
+    hidden, layers, heads = SIZES[size]
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=SEQ)
+    return LlamaForCausalLM(config)
+
+
+def run(size: str, mode: str, budget: int, train: Dataset) -> SwitchTimer:
+    timer = SwitchTimer()
+    with tempfile.TemporaryDirectory() as out:
+        args = WSDConfig(
+            output_dir=out, budgets=[str(budget // 2), str(budget)], schedule="wsd", decay_fraction=0.1, warmup_steps=2,
+            learning_rate=1e-3, per_device_train_batch_size=BATCH, logging_steps=10, save_steps=10**6, report_to="none",
+            budget_eval=False, use_cpu=True, disable_tqdm=True, seed=0, branch_restore=mode, log_throughput=False,
+        )
+        WSDTrainer(model=model(size), args=args, train_dataset=train, callbacks=[timer]).train()
+    return timer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--budget", type=int, default=100, help="the last budget; the branch decays 10%% of half of it")
+    cli = parser.parse_args()
+    ids = torch.randint(0, VOCAB, (512, SEQ), generator=torch.Generator().manual_seed(0)).tolist()
+    train = Dataset.from_dict({"input_ids": ids})
+    print(f"WSD budgets [{cli.budget // 2}, {cli.budget}], one branch of {round(0.1 * cli.budget / 2)} updates, "
+          f"batch {BATCH}×{SEQ}, CPU ({torch.get_num_threads()} threads), {cli.rounds} interleaved rounds")
+    print(f"{'size':<5} {'mode':<11} {'params':>8} {'switch out s':>13} {'switch back s':>14} {'branch s':>9} "
+          f"{'switch / branch':>16} {'switch / 10%-of-budget branch':>30}")
+    for size in cli.sizes:
+        results: dict[str, list[SwitchTimer]] = {"device": [], "checkpoint": []}
+        for round_ in range(cli.rounds):
+            for mode in (["device", "checkpoint"] if round_ % 2 == 0 else ["checkpoint", "device"]):
+                results[mode].append(run(size, mode, cli.budget, train))
+        params = sum(p.numel() for p in model(size).parameters())
+        for mode, timers in results.items():
+            out = statistics.median(t.out[0] for t in timers)
+            back = statistics.median(t.back[0] for t in timers)
+            branch = statistics.median(t.branch_updates for t in timers)
+            per_update = branch / round(0.1 * cli.budget / 2)
+            share_10 = (out + back) / (per_update * 0.1 * cli.budget)  # a branch of 10 % of the last budget
+            print(f"{size:<5} {mode:<11} {params / 1e6:>7.1f}M {out:>13.3f} {back:>14.3f} {branch:>9.2f} "
+                  f"{(out + back) / branch:>16.3f} {share_10:>30.3f}")
+
+
+if __name__ == "__main__":
+    main()
