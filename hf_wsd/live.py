@@ -159,10 +159,11 @@ def decide(plan: BudgetPlan, request: BudgetRequest, step: int, run_id: str) -> 
     except ValueError as error:
         entry.update(status="refused", message=f"{request.text} refused after update {step}: {error}")
         return None, entry
-    budget = _budget_at(new if request.action == "add" else plan, budget_step(plan, request.value, request.unit))
+    step_of = budget_step(plan, request.value, request.unit)
+    budget = _budget_at(new if request.action == "add" else plan, step_of)
+    what = f"{budget.name} will {_decay_text(budget)}" if request.action == "add" else f"{budget.name} removed"
     entry.update(status="accepted", budget=budget.name, budgets=[b.name for b in new.budgets],
-                 message=f"{request.text} accepted after update {step}: {budget.name} "
-                         f"({_decay_text(budget)}); budgets now {_names(new)}")
+                 message=f"{request.text} accepted after update {step}: {what}; budgets now {_names(new)}")
     return new, entry
 
 

@@ -256,7 +256,7 @@ def first_divergence(old: BudgetPlan, new: BudgetPlan) -> int:
             break
     same_decays = (old.decay_shape, old.min_lr_ratio) == (new.decay_shape, new.min_lr_ratio)
     branches = [{(b.step, b.decay_start, b.decay_steps) for b in plan.budgets if b.branch} for plan in (old, new)]
-    for step, start, _ in branches[0] ^ branches[1] if same_decays else branches[0] | branches[1]:
+    for _, start, _ in branches[0] ^ branches[1] if same_decays else branches[0] | branches[1]:
         horizon = min(horizon, start)
     return horizon
 

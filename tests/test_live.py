@@ -103,6 +103,23 @@ def test_requests_for_another_run_or_not_requests_at_all_are_refused_and_recorde
     assert not list((tmp_path / runs.REQUESTS_DIR).iterdir()) and live.pending_requests(tmp_path) == []
 
 
+def test_budget_cli_writes_requests_in_the_runs_unit_and_refuses_what_the_plan_cannot_take(tmp_path, capsys):
+    from hf_wsd.cli import main
+
+    runs.write_json(tmp_path / runs.PLAN_FILE, runs.new_run_record(plan([20, 40, 60])))
+    assert main(["budget", "remove", str(tmp_path), "60"]) == 0
+    assert main(["budget", "add", str(tmp_path), "3.2K", "--unit", "tokens", "--wait", "--timeout", "0.2"]) == 3
+    assert [(r.action, r.value, r.unit) for r in live.pending_requests(tmp_path)] == [
+        ("remove", "60", "steps"), ("add", "3.2K", "tokens")]
+    assert main(["budget", "remove", str(tmp_path), "60"]) == 2  # already removed by the pending request
+    assert "no budget at update 60" in capsys.readouterr().err
+    assert main(["budget", "add", str(tmp_path), "41"]) == 2  # a decay of 0 updates (10 % of a 1-update period)
+    capsys.readouterr()
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["state"] == "not started" and len(status["requests"]["pending"]) == 2
+
+
 def test_status_names_evaluated_and_published_budgets_with_their_headline_metric(tmp_path):
     out = tmp_path / "run"
     folders = write_budget_folders(out, None, steps=(100, 200, 400))
@@ -186,15 +203,15 @@ def test_the_progress_bar_names_the_phase_and_the_next_budget(tmp_path):
 @pytest.mark.slow
 def test_kill_and_resume_after_an_accepted_request_keeps_the_new_plan(reference_runs, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, str(TINY), str(out), "--budgets", "20", "60"]
-    killed = subprocess.run([*command, "--request-at", "5", "40", "--kill-at", "30"], capture_output=True)
-    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
-    assert sorted(budget_dirs(out)) == [20]
+    command = [sys.executable, str(TINY), str(out), "--budgets", "20", "60", "--schedule", "wsd"]
+    killed = subprocess.run([*command, "--request-at", "5", "40", "--kill-at", "39"], capture_output=True)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]  # killed inside the new budget's branch
+    assert sorted(budget_dirs(out)) == [20] and (out / "checkpoint-36").is_dir()  # the new branch point's
 
-    tiny_trainer(out, [20, 60]).train(resume_from_checkpoint=True)  # the launch config, without 40
+    tiny_trainer(out, [20, 60], "wsd").train(resume_from_checkpoint=True)  # the launch config, without 40
 
     assert runs.read_run(out)["plan"]["budgets"] == ["20", "40", "60"]
-    reference = reference_runs("wsd-s", (20, 40, 60))
+    reference = reference_runs("wsd", (20, 40, 60))
     for step in (40, 60):
         assert_bitwise_equal(weights(out, step), weights(reference, step))
 
@@ -239,6 +256,12 @@ def test_status_and_budget_add_from_the_cli_while_a_run_trains_and_after(referen
     assert late.returncode == 2 and "needed to arrive by update 49" in late.stderr
     text = subprocess.run([*CLI, "status", str(out)], capture_output=True, text=True, check=True).stdout
     assert "finished, update 60 of 60" in text and "step40-tokens2.56K" in text
+
+    # A finished run takes a request when it resumes: WSD-S trains on from its last budget.
+    assert subprocess.run([*CLI, "budget", "add", str(out), "80"], capture_output=True).returncode == 0
+    tiny_trainer(out, [20, 60]).train(resume_from_checkpoint=True)
+    assert [c["status"] for c in decisions(out)] == ["accepted", "accepted"]
+    assert_bitwise_equal(weights(out, 80), weights(reference_runs("wsd-s", (20, 40, 60, 80)), 80))
 
 
 @pytest.mark.slow
