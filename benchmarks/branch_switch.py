@@ -71,8 +71,9 @@ class SwitchTimer(BudgetCallback):
 def model(size: str) -> LlamaForCausalLM:
     hidden, layers, heads = SIZES[size]
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=SEQ)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=hidden * 8 // 3,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=SEQ)
     return LlamaForCausalLM(config)
 
 

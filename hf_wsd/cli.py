@@ -1,4 +1,5 @@
-"""``hf-wsd``: inspect a budget plan, publish what a run left unpublished, prepare a corpus as a token folder."""
+"""``hf-wsd``: inspect a budget plan, see where a run stands and change its budgets while it trains, publish what a
+run left unpublished, prepare a corpus as a token folder."""
 
 from __future__ import annotations
 
@@ -84,6 +85,66 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from .status import format_status, read_status
+
+    while True:
+        status = read_status(args.output_dir)
+        if args.json:
+            print(json.dumps(status, indent=2))
+        else:
+            print(("\033[H\033[J" if args.watch else "") + format_status(status), flush=True)
+        if not args.watch or status["state"] in ("finished", "stopped"):
+            return 0
+        try:
+            time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _budget(args: argparse.Namespace) -> int:
+    import time
+
+    from . import live, runs
+    from .status import read_status
+
+    current = read_status(args.output_dir)
+    known = current["main_step"] if current["state"] != "not started" else None  # a lower bound of the next check
+    request = live.write_request(args.output_dir, args.action, args.value, args.unit, current_step=known)
+    print(f"request written: {request.path}")
+    if current["state"] in ("finished", "stopped"):
+        print(f"the run {current['state']} at update {current['step']}: it takes the request when it resumes "
+              "(resume_from_checkpoint=True), if that is before the first update the change alters.")
+    elif not args.wait:
+        print(f"the run takes it at its next update (see: hf-wsd status {args.output_dir})")
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        decision = live.decisions(runs.read_run(args.output_dir) or {}, request.id)
+        if decision is not None:
+            print(decision["message"])
+            return 0 if decision["status"] == "accepted" else 1
+        time.sleep(0.2)
+    print(f"no decision within {args.timeout:g} s; the request stays pending (hf-wsd status shows it).")
+    return 3
+
+
+def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True)
+    for action, text in (("add", "add a budget to a running (or resumable) run"),
+                         ("remove", "remove a budget whose decay has not started")):
+        sub = actions.add_parser(action, help=text)
+        sub.add_argument("output_dir")
+        sub.add_argument("value", help="the budget: 4000 updates or, with --unit tokens, 2.5M")
+        sub.add_argument("--unit", choices=BUDGET_UNITS, help="unit of VALUE (default: the run's budget unit)")
+        sub.add_argument("--wait", action="store_true", help="wait for the run's decision and print it")
+        sub.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits (default 600)")
+
+
 def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "corpus", help="kjv, shakespeare, local files/folders/globs (.txt .md .jsonl .parquet) or a datasets name"
@@ -114,6 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("--repo", help="Hub repo id (default: the one recorded in the ledger)")
     push.add_argument("--private", action="store_true", help="create the repo private if it does not exist")
     push.set_defaults(run=_push)
+    status = commands.add_parser("status", help="where a run stands: phase, budgets, speed, ETAs, requests")
+    status.add_argument("output_dir")
+    status.add_argument("--json", action="store_true", help="print everything as JSON (for scripts)")
+    status.add_argument("--watch", action="store_true", help="refresh until the run ends (Ctrl-C stops)")
+    status.add_argument("--interval", type=float, default=5.0, help="seconds between --watch refreshes")
+    status.set_defaults(run=_status)
+    budget = commands.add_parser("budget", help="add or remove a budget of a run while it trains")
+    _add_budget_arguments(budget)
+    budget.set_defaults(run=_budget)
     prepare = commands.add_parser("prepare", help="tokenize a corpus once into a token folder (--corpus for training)")
     _add_prepare_arguments(prepare)
     prepare.set_defaults(run=_prepare)

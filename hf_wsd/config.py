@@ -101,6 +101,9 @@ class WSDArguments:
             memory), `"checkpoint"` (save at the branch point and restart `train()` from it) or `"auto"`
             (checkpoint under FSDP / DeepSpeed, else a device copy when it fits, else host memory). The main
             branch's resumable checkpoint at each branch point is written in every mode.
+        budget_request_steps (`int`, *optional*, defaults to `1`):
+            Look for `hf-wsd budget add/remove` requests every this many updates on the main path (and when a
+            launch starts). With several processes each look is one small broadcast from the main process.
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):
             Start a new run in an `output_dir` that already holds one (its budget folders are replaced as the
             new run reaches them). Without it, such a directory is an error unless you resume.
@@ -200,6 +203,11 @@ class WSDArguments:
             ), "choices": list(BRANCH_RESTORES),
         },
     )
+    budget_request_steps: int = field(
+        default=1,
+        metadata={"help": "Look for `hf-wsd budget` requests every this many updates (one broadcast each with several "
+                          "processes)."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start over in an output_dir that holds another run."},
@@ -228,6 +236,10 @@ class WSDArguments:
         if self.branch_restore not in BRANCH_RESTORES:
             choices = ", ".join(BRANCH_RESTORES)
             raise ValueError(f"unknown `branch_restore` {self.branch_restore!r}; choose one of {choices}.")
+        if isinstance(self.budget_request_steps, bool) or not isinstance(self.budget_request_steps, int) or (
+            self.budget_request_steps < 1
+        ):
+            raise ValueError(f"`budget_request_steps` must be an integer ≥ 1; got {self.budget_request_steps!r}.")
         self._check_adapter_fields()
         if self.max_steps == -1:
             self.max_steps = 1  # placeholder so TrainingArguments accepts the config; WSDTrainer sets the real value

@@ -40,6 +40,11 @@ class BudgetPlanLR(LambdaLR):
             group["lr"] = base_lr * lr_lambda(self.last_epoch)
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
+    def set_plan(self, plan: BudgetPlan) -> None:
+        """Follow ``plan`` from the current step on (a budget added or removed while the run trains)."""
+        self.plan = plan
+        self._set_branch(self.branch)
+
     def enter_branch(self, budget_index: int) -> None:
         self._set_branch(budget_index)
 

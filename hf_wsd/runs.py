@@ -3,6 +3,8 @@
     {output_dir}/
       wsd_plan.json            the plan and run id (resume and extension check against it)
       wsd_log.jsonl            one line per Trainer log (main path and WSD branches), appended by the main process
+      wsd_status.json          where the run stands (update, branch, speed), rewritten at each log (hf-wsd status)
+      wsd_requests/            budget requests (hf-wsd budget add/remove) the trainer has not picked up yet
       checkpoint-N/            the Trainer's resumable checkpoints of the main branch (+ wsd_state/ of hf_wsd)
       budgets/
         {name}/                one complete from_pretrained folder per budget, with budget.json,
@@ -29,6 +31,8 @@ from .plan import Budget, BudgetPlan
 
 PLAN_FILE = "wsd_plan.json"
 LOG_FILE = "wsd_log.jsonl"
+STATUS_FILE = "wsd_status.json"
+REQUESTS_DIR = "wsd_requests"  # one JSON file per pending `hf-wsd budget` request; decisions go to wsd_plan.json
 BUDGETS_DIR = "budgets"
 BUDGET_FILE = "budget.json"
 EVAL_FILE = "eval_results.json"
@@ -243,11 +247,17 @@ def checkpoint_step(path: str | Path) -> int | None:
 
 
 def first_divergence(old: BudgetPlan, new: BudgetPlan) -> int:
-    """The first update whose main-path LR differs between two plans (their common horizon if none)."""
+    """The first update where two plans part (their common horizon if nowhere): the first update whose main-path LR
+    differs, or a WSD branch point that only one of them has (a run past it would never take that branch)."""
     horizon = min(old.total_steps, new.total_steps)
     for step in range(horizon):
         if old.lr_ratio(step) != new.lr_ratio(step):
-            return step
+            horizon = step
+            break
+    same_decays = (old.decay_shape, old.min_lr_ratio) == (new.decay_shape, new.min_lr_ratio)
+    branches = [{(b.step, b.decay_start, b.decay_steps) for b in plan.budgets if b.branch} for plan in (old, new)]
+    for _, start, _ in branches[0] ^ branches[1] if same_decays else branches[0] | branches[1]:
+        horizon = min(horizon, start)
     return horizon
 
 

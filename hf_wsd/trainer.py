@@ -29,10 +29,11 @@ from typing import Any
 from transformers import Trainer
 from transformers.trainer_callback import CallbackHandler
 
-from . import branching, lean, runs
+from . import branching, lean, live, runs
 from .config import WSDArguments
 from .events import BudgetReached, dispatch
 from .data.feed import FeedLoader, UpdateFeed, is_map_style
+from .live_trainer import LiveRun
 from .lr_scheduler import BudgetPlanLR, get_budget_plan_scheduler
 from .plan import Budget, BudgetPlan
 from .subscribers import add_budget_subscribers
@@ -123,6 +124,8 @@ class WSDMixin:
         self.callback_handler = BranchAwareCallbackHandler(
             handler.callbacks, handler.model, handler.processing_class, handler.optimizer, handler.lr_scheduler
         )
+        self.live = LiveRun(self)  # hf-wsd budget requests, the status file, the progress bar (hf_wsd/live_trainer.py)
+        self.add_callback(self.live)
         add_budget_subscribers(self)
 
     # ------------------------------------------------------------------------------------------- set-up
@@ -207,8 +210,9 @@ class WSDMixin:
             raise ValueError(f"`resume_from_checkpoint`: {output_dir} holds no WSD run ({runs.PLAN_FILE} is missing).")
         else:
             old_plan = runs.plan_from_dict(saved["plan"])
+            self.live.set_plan(live.replay_changes(self.plan, saved))  # budgets added or removed while it trained
             checkpoint = str(runs.resume_checkpoint(output_dir, old_plan, self.plan, resume))
-            record = {"run_id": saved["run_id"], "plan": self.plan.to_dict()}
+            record = {**saved, "plan": self.plan.to_dict()}
             if old_plan != self.plan:
                 logger.info("Extending the run: %r → %r, from %s", old_plan, self.plan, checkpoint)
         self.run_id = self._from_main(record["run_id"])
@@ -259,6 +263,7 @@ class WSDMixin:
         resumed = self._resume_checkpoint_in(args, kwargs)
         if resumed is not None:
             load_state_parts(self._stateful_parts(), resumed, self.args.process_index)
+        self.live.check_requests(self.state.global_step, at_launch=True)  # requests that came while it was down
         # Resumed at a branch point (after a branch in checkpoint mode, or after a crash): a branch may start here.
         if self.lr_scheduler.branch is None and self._branch_starting(self.state.global_step) is not None:
             if resumed is not None:
@@ -279,6 +284,8 @@ class WSDMixin:
             self._updates_done += 1
             if self.meter is not None:
                 self.meter.update(self._updates_done, self._tokens_done())
+            if self.lr_scheduler.branch is None:
+                self.live.check_requests(step)  # a budget added or removed now: the plan changes before anything else
         if self.lr_scheduler.branch is not None:
             self.control.should_save = False  # checkpoints hold the main branch only
         elif self._needs_checkpoint(step):

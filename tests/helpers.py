@@ -4,6 +4,7 @@ tokenizer, stand-ins for the trainer side of budget events, fake budget folders 
 Run as a script it is the tiny WSD run that the kill-and-resume tests SIGKILL:
 
     python tests/helpers.py OUTPUT_DIR --budgets 20 40 --schedule wsd [--kill-at 19] [--resume]
+        [--request-at 5 40] [--wait-at 5 FLAG] [--per-device-batch 4]
 """
 
 from __future__ import annotations
@@ -147,6 +148,38 @@ def KillOnBudget(step: int, priority: int):  # noqa: N802
 
     _KillOnBudget.priority = priority
     return _KillOnBudget()
+
+
+def RequestAt(step: int, output_dir, value: str, action: str = "add", unit: str | None = None):  # noqa: N802
+    """A callback that writes an ``hf-wsd budget`` request right after update ``step`` (main process only), so the
+    trainer picks it up at that update boundary."""
+    from transformers import TrainerCallback
+
+    from hf_wsd import live
+
+    class _RequestAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step and state.is_world_process_zero:
+                live.write_request(output_dir, action, value, unit)
+
+    return _RequestAt()
+
+
+def WaitAt(step: int, flag):  # noqa: N802
+    """A callback that, right after update ``step``, writes ``{flag}.waiting`` and waits until ``flag`` exists."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class _WaitAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                Path(f"{flag}.waiting").touch()
+                deadline = time.monotonic() + 300
+                while not Path(flag).exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+
+    return _WaitAt()
 
 
 # ----------------------------------------------------------------------------------------------- real text
@@ -380,10 +413,18 @@ if __name__ == "__main__":
     parser.add_argument("--eval", action="store_true", help="evaluate every budget (held-out loss)")
     parser.add_argument("--push", help="publish every budget to this repo (HF_ENDPOINT, HF_TOKEN from the environment)")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--request-at", nargs=2, metavar=("STEP", "VALUE"), help="add budget VALUE after update STEP")
+    parser.add_argument("--wait-at", nargs=2, metavar=("STEP", "FLAG"), help="after update STEP, wait for FLAG")
+    parser.add_argument("--per-device-batch", type=int, default=4)
     cli = parser.parse_args()
     callbacks = [KillAt(cli.kill_at)] if cli.kill_at is not None else []
     if cli.kill_on_budget is not None:
         callbacks.append(KillOnBudget(cli.kill_on_budget, cli.kill_priority))
+    if cli.request_at:
+        callbacks.append(RequestAt(int(cli.request_at[0]), cli.output_dir, cli.request_at[1]))
+    if cli.wait_at:
+        callbacks.append(WaitAt(int(cli.wait_at[0]), cli.wait_at[1]))
     trainer = tiny_run(cli.output_dir, cli.budgets, cli.schedule, callbacks, cli.eval, cli.push,
-                       save_steps=cli.save_steps, branch_restore=cli.branch_restore)
+                       save_steps=cli.save_steps, branch_restore=cli.branch_restore,
+                       per_device_train_batch_size=cli.per_device_batch)
     trainer.train(resume_from_checkpoint=True if cli.resume else None)
