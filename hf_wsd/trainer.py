@@ -184,6 +184,8 @@ class WSDMixin:
         """Train through every budget of the plan; ``resume_from_checkpoint`` continues or extends a run."""
         checkpoint = self._prepare_run(resume_from_checkpoint)
         logger.info("Budget plan:\n%s", self.plan.describe(self.args.learning_rate))
+        if checkpoint is not None and self._nothing_left(checkpoint):
+            return self._finish_without_training(checkpoint)
         while True:
             self._restart_from = None
             self._handled_step = -1
@@ -193,6 +195,23 @@ class WSDMixin:
             # A WSD branch ended (checkpoint mode): restart from its branch point. Callbacks see one run.
             checkpoint = str(self._restart_from)
             self.callback_handler.restarting = True
+
+    def _nothing_left(self, checkpoint: str) -> bool:
+        """A resume from the plan's last update with no budget request waiting: there is no update to train."""
+        done = runs.checkpoint_step(checkpoint) >= self.plan.total_steps
+        return done and not self._from_main(live.has_pending(self.output_path))
+
+    def _finish_without_training(self, checkpoint: str):
+        """Callbacks still see a run begin and end: the publisher publishes what an earlier launch left unpublished
+        and waits for it; the evaluation summary is written again. (The Trainer would run one update past the plan.)"""
+        from transformers import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        logger.info("%s is at the plan's last update (%d): nothing left to train", checkpoint, self.plan.total_steps)
+        self.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        self.control = self.callback_handler.on_train_begin(self.args, self.state, self.control)
+        self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
+        return TrainOutput(self.state.global_step, 0.0, {})
 
     def _prepare_run(self, resume: str | bool | None) -> str | None:
         """Check the output dir against the plan; returns the checkpoint to start from."""

@@ -84,3 +84,19 @@ def test_uploads_cut_short_by_a_kill_are_published_on_resume(tmp_path, reference
         assert local_hub.commit_count(repo, folder.name) == 1, folder.name
     newest = budget_dirs(out)[60]
     assert local_hub.branch_files(repo, "main")["budget.json"] == (newest / "budget.json").read_bytes()
+
+
+def test_a_finished_run_resumed_trains_nothing_and_publishes_what_it_could_not(tmp_path, local_hub, monkeypatch):
+    from hf_wsd.publishing import UnpublishedBudgetsError
+
+    repo, out = "tester/outage", tmp_path / "run"
+    monkeypatch.setenv("HF_TOKEN", "hf_expired-token-not-a-secret")  # refused: every budget stays on disk
+    with pytest.raises(UnpublishedBudgetsError):
+        tiny_run(out, BUDGETS[:2], "wsd-s", push=repo, save_steps=10).train()
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    trainer = tiny_run(out, BUDGETS[:2], "wsd-s", push=repo, save_steps=10)
+    output = trainer.train(resume_from_checkpoint=True)
+    assert output.global_step == 40 and not (out / "checkpoint-41").exists()  # no update past the plan
+    for folder in budget_dirs(out).values():
+        assert local_hub.commit_count(repo, folder.name) == 1
+    assert local_hub.branch_files(repo, "main")["budget.json"] == (budget_dirs(out)[40] / "budget.json").read_bytes()
