@@ -1,0 +1,576 @@
+"""Loss forecasts from a run's own curve: loss-vs-schedule laws fitted to its log, predicted at each budget of a plan.
+
+Two laws of the loss after n updates, given the learning rates ``lr[0 … n-1]`` and the area ``S1(n) = Σ_{τ<n} lr[τ]``
+(warmup included, so it is MPL's ``S1 + S_W``); LR changes count from the first update at peak (after warmup):
+
+- ``momentum`` (Tissue et al. 2024): ``L0 + A·S1^-α - C·S2``, ``S2(n) = Σ_{i<n} m_i``, ``m_i = λ·m_{i-1} + (lr[i-1] - lr[i])``.
+- ``mpl``, the Multi-Power Law (Luo et al. 2025): ``L0 + A·S1^-α - B·Σ_{k<n} (lr[k-1] - lr[k])·G(lr[k]^-γ·S_k(n))``,
+  ``G(x) = 1 - (C·x + 1)^-β``, ``S_k(n) = Σ_{k≤τ<n} lr[τ]``.
+
+Fits work in units of the log's peak LR (``lr / peak_lr``; areas in peak-LR updates), so parameters do not depend
+on the LR's magnitude. Pure NumPy/SciPy and deterministic; log readers live in :mod:`hf_wsd.forecast_logs`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import least_squares
+from scipy.signal import lfilter
+
+from .forecast_logs import LossCurve, TrainingLog, budget_records, read_run
+from .plan import Budget, BudgetPlan
+
+logger = logging.getLogger(__name__)
+
+LAWS = ("mpl", "momentum")
+PARAMETERS = {"mpl": ("L0", "A", "alpha", "B", "C", "beta", "gamma"), "momentum": ("L0", "A", "alpha", "C", "lam")}
+POINTS_PER_PARAMETER = 4  # a fit needs at least this many logged losses (after warmup) per parameter
+HOLDOUT_FRACTION = 0.2  # the last part of the log that chooses the law and measures its forecast error
+BAND_Z = 1.645  # the band is a central 90 % interval
+MIN_DECAY = 0.1  # the LR must have fallen this far below peak (as a fraction of peak) for the decay terms to be fit
+_QUADRATURE = 8  # at most this many evaluations of the law per log entry (exact for entries of ≤ 8 updates)
+_MAX_ENTRIES = 2000  # longer logs are coarsened by merging adjacent entries (an exact mean of their updates)
+_MAX_CHANGES = 1500  # MPL: adjacent LR changes beyond this many are grouped (sum of drops, LR at the group's end)
+_CHUNK = 2_000_000  # MPL: evaluations × LR changes computed at once
+
+
+# ------------------------------------------------------------------------------------------------ the laws
+def lr_area(lr: np.ndarray) -> np.ndarray:
+    """``S1``: ``area[n] = Σ_{τ<n} lr[τ]`` for n = 0 … len(lr)."""
+    return np.concatenate([[0.0], np.cumsum(lr, dtype=float)])
+
+
+def lr_drops(lr: np.ndarray) -> np.ndarray:
+    """``drop[k] = lr[k-1] - lr[k]`` from the first update at peak on (warmup's increases are not annealing); else 0."""
+    lr = np.asarray(lr, dtype=float)
+    drops = np.zeros_like(lr)
+    first_peak = int(np.argmax(lr >= lr.max() * (1 - 1e-9)))
+    drops[first_peak + 1:] = lr[first_peak:-1] - lr[first_peak + 1:]
+    return drops
+
+
+def momentum_loss(lr: np.ndarray, steps: np.ndarray, L0: float, A: float, alpha: float, C: float, lam: float) -> np.ndarray:
+    """The momentum law's loss after ``steps`` updates along the path ``lr``."""
+    area = lr_area(lr)
+    s2 = lr_area(lfilter([1.0], [1.0, -lam], lr_drops(lr)))
+    steps = np.asarray(steps)
+    return L0 + A * area[steps] ** -alpha - C * s2[steps]
+
+
+def mpl_loss(
+    lr: np.ndarray, steps: np.ndarray, L0: float, A: float, alpha: float, B: float, C: float, beta: float, gamma: float
+) -> np.ndarray:
+    """The Multi-Power Law's loss after ``steps`` updates along the path ``lr`` (O(len(steps) × LR changes))."""
+    return _mpl(np.asarray(lr, dtype=float), np.asarray(steps), np.array([L0, A, alpha, B, C, beta, gamma]))[0]
+
+
+def _mpl(lr: np.ndarray, steps: np.ndarray, theta: np.ndarray, jac: bool = False):
+    L0, A, alpha, B, C, beta, gamma = theta
+    area = lr_area(lr)
+    drops = lr_drops(lr)
+    changes = np.flatnonzero(drops)
+    if len(changes) > _MAX_CHANGES:  # group adjacent changes: the drop of a group sits at its last update
+        groups = np.array_split(changes, _MAX_CHANGES)
+        at = np.array([g[-1] for g in groups])
+        size = np.array([drops[g].sum() for g in groups])
+    else:
+        at, size = changes, drops[changes]
+    eta = np.maximum(lr[at], 1e-12)
+    log_eta = np.log(eta)
+    s1 = area[steps]
+    power = s1 ** -alpha
+    loss_drop = np.zeros(len(steps))
+    d_c, d_beta, d_gamma = np.zeros(len(steps)), np.zeros(len(steps)), np.zeros(len(steps))
+    chunk = max(1, _CHUNK // max(1, len(at)))
+    for lo in range(0, len(steps), chunk):
+        part = slice(lo, lo + chunk)
+        x = np.maximum(s1[part, None] - area[None, at], 0.0) * eta ** -gamma  # 0 for changes at or after the step
+        log_g = np.log1p(C * x)
+        g_beta = np.exp(-beta * log_g)  # (C·x + 1)^-β
+        loss_drop[part] = (1.0 - g_beta) @ size
+        if jac:
+            slope = beta * g_beta / (C * x + 1.0) * x  # ∂G/∂C = β·(C·x + 1)^(-β-1)·x
+            d_c[part] = slope @ size
+            d_beta[part] = (g_beta * log_g) @ size
+            d_gamma[part] = -(slope * log_eta) @ size * C
+    loss = L0 + A * power - B * loss_drop
+    if not jac:
+        return loss, None
+    columns = [np.ones(len(steps)), power, -A * power * np.log(s1), -loss_drop, -B * d_c, -B * d_beta, -B * d_gamma]
+    return loss, np.stack(columns, axis=1)
+
+
+def _momentum(lr: np.ndarray, steps: np.ndarray, theta: np.ndarray, jac: bool = False):
+    """Momentum law with λ parametrised as ``u = log10(1 / (1 - λ))`` (its time constant, in decades of updates)."""
+    L0, A, alpha, C, u = theta
+
+    def s2_at(u_value: float) -> np.ndarray:
+        return lr_area(lfilter([1.0], [1.0, -(1.0 - 10.0 ** -u_value)], lr_drops(lr)))[steps]
+
+    s1 = lr_area(lr)[steps]
+    power = s1 ** -alpha
+    s2 = s2_at(u)
+    loss = L0 + A * power - C * s2
+    if not jac:
+        return loss, None
+    h = 1e-5
+    d_u = -C * (s2_at(u + h) - s2_at(u - h)) / (2 * h)
+    return loss, np.stack([np.ones(len(steps)), power, -A * power * np.log(s1), -s2, d_u], axis=1)
+
+
+_LAW_FUNCTIONS = {"mpl": _mpl, "momentum": _momentum}
+
+
+def _internal(law: str, params: dict) -> np.ndarray:
+    values = [params[name] for name in PARAMETERS[law]]
+    if law == "momentum":
+        values[-1] = -np.log10(1.0 - values[-1])
+    return np.array(values, dtype=float)
+
+
+def _public(law: str, theta: np.ndarray) -> dict[str, float]:
+    values = [float(v) for v in theta]
+    if law == "momentum":
+        values[-1] = 1.0 - 10.0 ** -values[-1]
+    return dict(zip(PARAMETERS[law], values))
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+@dataclass(frozen=True)
+class LawFit:
+    """One law fitted to a log. ``params`` are in units of ``lr_scale`` (LR / lr_scale; areas in peak-LR updates).
+
+    ``model_error``: the law's relative error on the held-out end of the log (bias and its standard error, in log
+    units), ``None`` when the log could not be split; ``covariance``: of the internal parameters (momentum's λ as
+    ``log10(1/(1-λ))``), inflated for correlated residuals.
+    """
+
+    law: str
+    params: dict[str, float]
+    lr_scale: float
+    fit_until_step: int
+    points: int
+    residual_scale: float
+    covariance: np.ndarray
+    model_error: float | None
+    holdout_rms: float | None
+
+    def predict(self, lr: np.ndarray, steps: Sequence[int]) -> np.ndarray:
+        """Loss after each of ``steps`` updates along the absolute LR path ``lr``."""
+        steps = np.asarray(steps, dtype=int)
+        return _LAW_FUNCTIONS[self.law](np.asarray(lr) / self.lr_scale, steps, _internal(self.law, self.params))[0]
+
+    def predict_with_band(self, lr: np.ndarray, start: int, end: int) -> tuple[float, float, float]:
+        """Mean loss of updates ``start … end-1`` (their weights after that many updates) and its 90 % band."""
+        steps = np.arange(start, end)
+        theta = _internal(self.law, self.params)
+        loss, jac = _LAW_FUNCTIONS[self.law](np.asarray(lr) / self.lr_scale, steps, theta, jac=True)
+        mean = float(loss.mean())
+        gradient = jac.mean(axis=0) / mean  # of log(mean loss)
+        spread = float(gradient @ self.covariance @ gradient) + (self.model_error or 0.0) ** 2
+        width = BAND_Z * np.sqrt(max(spread, 0.0))
+        return mean, mean * float(np.exp(-width)), mean * float(np.exp(width))
+
+
+@dataclass
+class _Data:
+    """The fit's view of a log: entries (weights, losses) and where to evaluate the law for each."""
+
+    curves: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]  # (normalised lr, evaluation steps, offsets, first peak)
+    loss: np.ndarray
+    weight: np.ndarray
+    start: np.ndarray  # first update of each entry, for the held-out split
+
+
+def fit_law(log: TrainingLog, law: str = "auto", holdout_fraction: float = HOLDOUT_FRACTION) -> LawFit:
+    """Fit ``law`` (``"mpl"``, ``"momentum"``, or ``"auto"``: the one with the lower error on the held-out end of
+    the log) to every curve of ``log`` jointly; robust (Huber on log-loss), deterministic, several initialisations.
+    """
+    if law not in (*LAWS, "auto"):
+        raise ValueError(f"unknown `law` {law!r}; choose auto, {', '.join(LAWS)}.")
+    candidates = LAWS if law == "auto" else (law,)
+    data = _prepare(log)
+    split = _holdout_split(log, holdout_fraction)
+    fits = []
+    for name in candidates:
+        _check_enough(log, data, name)
+        model_error, rms, warm = _holdout(log, name, split)
+        theta, cov, scale = _fit(data, name, log, extra_start=warm)
+        fits.append(LawFit(name, _public(name, theta), log.peak_lr, log.last_step, len(data.loss), scale, cov,
+                           model_error, rms))
+    if len(fits) > 1:
+        with_holdout = [f for f in fits if f.holdout_rms is not None]
+        fits = sorted(with_holdout, key=lambda f: f.holdout_rms) if with_holdout else fits
+        logger.info("law chosen on the held-out end of %s: %s", log.source,
+                    ", ".join(f"{f.law} {f.holdout_rms:.4g}" for f in with_holdout) or "no split possible, mpl")
+    return fits[0]
+
+
+def _prepare(log: TrainingLog, keep: np.ndarray | None = None) -> _Data:
+    """The entries after warmup (and in ``keep``, a mask over all curves' entries in order) of every curve."""
+    curves, losses, weights, starts = [], [], [], []
+    index = 0  # into ``keep``
+    for curve in log.curves:
+        if keep is not None:
+            mask = keep[index:index + len(curve.start)]
+            index += len(curve.start)
+            curve = LossCurve(curve.lr, curve.start[mask], curve.end[mask], curve.loss[mask], curve.branch)
+        curve = _coarsen(curve)
+        lr = curve.lr / log.peak_lr
+        first_peak = int(np.argmax(lr >= lr.max() * (1 - 1e-9)))
+        use = curve.start >= max(first_peak, 1)  # the laws describe training after warmup
+        start, end = curve.start[use], curve.end[use]
+        if not len(start):
+            continue
+        count = np.minimum(end - start, _QUADRATURE)
+        # Midpoint rule over each entry's updates; exact (every update) for entries of ≤ _QUADRATURE updates.
+        steps = np.concatenate([s + ((np.arange(q) + 0.5) * (e - s) / q).astype(int) for s, e, q in zip(start, end, count)])
+        offsets = np.concatenate([[0], np.cumsum(count)[:-1]])
+        curves.append((lr, steps, offsets, first_peak))
+        losses.append(curve.loss[use])
+        weights.append(end - start)
+        starts.append(start)
+    if not curves:
+        return _Data([], np.array([]), np.array([]), np.array([], dtype=int))
+    return _Data(curves, np.concatenate(losses), np.concatenate(weights).astype(float), np.concatenate(starts))
+
+
+def _coarsen(curve: LossCurve) -> LossCurve:
+    """Merge runs of adjacent entries so at most ``_MAX_ENTRIES`` remain (their mean loss is weighted by length)."""
+    if len(curve.start) <= _MAX_ENTRIES:
+        return curve
+    groups = np.array_split(np.arange(len(curve.start)), _MAX_ENTRIES)
+    start, end, loss = [], [], []
+    for group in groups:
+        for piece in np.split(group, np.flatnonzero(curve.start[group[1:]] != curve.end[group[:-1]]) + 1):
+            length = curve.end[piece] - curve.start[piece]
+            start.append(curve.start[piece[0]])
+            end.append(curve.end[piece[-1]])
+            loss.append(float((curve.loss[piece] * length).sum() / length.sum()))
+    return LossCurve(curve.lr, np.array(start), np.array(end), np.array(loss), curve.branch)
+
+
+def _evaluate(data: _Data, law: str, theta: np.ndarray, jac: bool = False):
+    """Mean predicted loss of every entry (and its Jacobian)."""
+    means, jacobians = [], []
+    for lr, steps, offsets, _ in data.curves:
+        loss, jacobian = _LAW_FUNCTIONS[law](lr, steps, theta, jac=jac)
+        counts = np.diff(np.concatenate([offsets, [len(steps)]]))
+        means.append(np.add.reduceat(loss, offsets) / counts)
+        if jac:
+            jacobians.append(np.add.reduceat(jacobian, offsets, axis=0) / counts[:, None])
+    return np.concatenate(means), (np.concatenate(jacobians) if jac else None)
+
+
+def _residuals(data: _Data, law: str):
+    root = np.sqrt(data.weight)
+    log_loss = np.log(data.loss)
+
+    def residual(theta):
+        mean, _ = _evaluate(data, law, theta)
+        return root * (np.log(np.maximum(mean, 1e-10)) - log_loss)
+
+    def jacobian(theta):
+        mean, jac = _evaluate(data, law, theta, jac=True)
+        return root[:, None] * jac / np.maximum(mean, 1e-10)[:, None]
+
+    return residual, jacobian
+
+
+def _noise_scale(data: _Data) -> float:
+    """Robust per-update noise of the log-loss, from differences of adjacent entries (they cancel the trend)."""
+    y, w = np.log(data.loss), data.weight
+    z = np.diff(y) / np.sqrt(1 / w[1:] + 1 / w[:-1])
+    return max(float(1.4826 * np.median(np.abs(z))), 1e-6) if len(z) else 1e-3
+
+
+def _bounds(law: str, data: _Data) -> tuple[list[float], list[float]]:
+    top = float(data.loss.min())
+    if law == "mpl":
+        return [0, 1e-8, 0.01, 0, 1e-8, 0.01, 0], [top, 1e6, 3, 1e3, 1e6, 5, 1.5]
+    return [0, 1e-8, 0.01, 0, 0.5], [top, 1e6, 3, 1e3, 5]
+
+
+def _initial_points(law: str, data: _Data) -> list[np.ndarray]:
+    """Deterministic starts: for two L0 guesses, a power law through the log; then a grid of the decay terms."""
+    lr, steps, offsets, _ = data.curves[0]
+    s1 = lr_area(lr)[steps[offsets]]
+    first = len(offsets)
+    y = data.loss[:first]
+    low, high = _bounds(law, data)
+    level = float(np.median(data.loss))
+    starts = []
+    for fraction in (0.5, 0.85):
+        L0 = fraction * float(data.loss.min())
+        log_excess = np.log(np.maximum(y - L0, 1e-6))
+        alpha = float(np.clip(-np.polyfit(np.log(s1), log_excess, 1)[0], 0.05, 2.5))
+        A = float(np.exp(np.mean(log_excess + alpha * np.log(s1))))  # the power law through the log at that slope
+        if law == "mpl":
+            starts += [[L0, A, alpha, 0.05 * level, C, 0.6, 0.6] for C in (0.1, 1.0)]
+        else:
+            s2 = max(float(lr_area(lfilter([1.0], [1.0, -0.999], lr_drops(lr))).max()), 1.0)
+            starts += [[L0, A, alpha, 0.05 * level / s2, u] for u in (1.0, 2.5)]
+    return [_inside(np.array(s, dtype=float), low, high) for s in starts]
+
+
+def _inside(theta: np.ndarray, low: list[float], high: list[float]) -> np.ndarray:
+    """``theta`` moved strictly inside the bounds (a held-out fit's optimum may sit outside the full fit's)."""
+    low, high = np.array(low, dtype=float), np.array(high, dtype=float)
+    margin = 1e-9 * np.maximum(np.abs(high - low), 1.0)
+    return np.clip(np.where(np.isfinite(theta), theta, low), low + margin, high - margin)
+
+
+def _fit(data: _Data, law: str, log: TrainingLog, extra_start: np.ndarray | None = None):
+    """Best of the initialisations (and ``extra_start``); returns the parameters, their covariance, residual scale."""
+    residual, jacobian = _residuals(data, law)
+    noise = _noise_scale(data)
+    options = dict(jac=jacobian, bounds=_bounds(law, data), loss="huber", f_scale=1.345 * noise, x_scale="jac")
+    # A short run from every start, then the best one polished: the starts mostly find the same basin.
+    starts = _initial_points(law, data) + ([] if extra_start is None else [_inside(extra_start, *_bounds(law, data))])
+    tries = [least_squares(residual, start, max_nfev=20, **options) for start in starts]
+    best = min(tries, key=lambda result: result.cost)
+    best = least_squares(residual, best.x, max_nfev=400, **options)
+    r = residual(best.x)
+    scale = max(float(1.4826 * np.median(np.abs(r - np.median(r)))), 1e-9)
+    rho = float(np.clip(np.corrcoef(r[:-1], r[1:])[0, 1], 0.0, 0.95)) if len(r) > 2 else 0.0
+    jac = jacobian(best.x)
+    cov = np.linalg.pinv(jac.T @ jac) * scale**2 * (1 + rho) / (1 - rho)
+    logger.info("%s fit to %s (%d entries): %s", law, log.source, len(r), _public(law, best.x))
+    return best.x, cov, scale
+
+
+def _check_enough(log: TrainingLog, data: _Data, law: str) -> None:
+    needed = POINTS_PER_PARAMETER * len(PARAMETERS[law])
+    if len(data.loss) < needed:
+        raise ValueError(
+            f"{log.source}: {len(data.loss)} logged losses after warmup; the {law} law ({len(PARAMETERS[law])} "
+            f"parameters) needs at least {needed}. Log more often (`logging_steps`) or train longer."
+        )
+    lowest = min(float(lr[peak:steps.max()].min(initial=1.0)) for lr, steps, _, peak in data.curves) if data.curves else 1.0
+    if lowest > 1.0 - MIN_DECAY:
+        raise ValueError(
+            f"{log.source}: the learning rate never falls more than {MIN_DECAY:.0%} below its peak in the logged updates "
+            f"(up to update {log.last_step}), so the {law} law's decay terms cannot be fitted: forecast once the log "
+            "holds a decay (after the first budget of a WSD-S run or the first branch of a WSD run)."
+        )
+
+
+def _holdout_split(log: TrainingLog, fraction: float) -> int:
+    """The update from which the log's end is held out: the last ``fraction`` of the main path after warmup."""
+    lr = log.main.lr
+    first_peak = int(np.argmax(lr >= lr.max() * (1 - 1e-9))) if len(lr) else 0
+    return int(round(first_peak + (1 - fraction) * (log.last_step - first_peak)))
+
+
+def _holdout(log: TrainingLog, law: str, split: int) -> tuple[float | None, float | None, np.ndarray | None]:
+    """Fit on entries ending by ``split``; return the error and RMS of its log-loss on the entries starting after it
+    (the error: held-out bias and its standard error combined), and the parameters; ``None``s when it cannot split."""
+    ends = np.concatenate([c.end for c in log.curves])
+    starts = np.concatenate([c.start for c in log.curves])
+    train = _prepare(log, keep=ends <= split)
+    test = _prepare(log, keep=starts >= split)
+    try:
+        _check_enough(log, train, law)
+    except ValueError:
+        return None, None, None
+    if not len(test.loss):
+        return None, None, None
+    theta, _, _ = _fit(train, law, log)
+    mean, _ = _evaluate(test, law, theta)
+    error = np.log(mean) - np.log(test.loss)
+    w = test.weight / test.weight.sum()
+    bias = float(w @ error)
+    rms = float(np.sqrt(w @ error**2))
+    stderr = rms / np.sqrt(max(test.weight.sum(), 1.0))
+    return float(np.hypot(bias, stderr)), rms, theta
+
+
+# ------------------------------------------------------------------------------------------------ forecasts
+@dataclass(frozen=True)
+class BudgetForecast:
+    """A budget's predicted loss: of its final weights (``predicted_loss``, what a held-out loss tracks) and the mean
+    over its decay updates (``predicted_decay_mean``, what ``budget.json``'s ``train_loss`` measures), with 90 % bands.
+    """
+
+    budget: str
+    index: int
+    step: int
+    tokens: int | None
+    predicted_loss: float
+    low: float
+    high: float
+    predicted_decay_mean: float
+    decay_low: float
+    decay_high: float
+    law: str
+    fit_until_step: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def budget_lr(plan: BudgetPlan, budget: Budget, peak_lr: float) -> np.ndarray:
+    """Absolute LR of updates 0 … ``budget.step``-1 on the path that produces ``budget`` (its WSD branch included)."""
+    branch = budget.index if budget.branch else None
+    ratios = [plan.lr_ratio(n, branch if n >= budget.decay_start else None) for n in range(budget.step)]
+    return peak_lr * np.array(ratios)
+
+
+def forecast_budget(fit: LawFit, plan: BudgetPlan, budget: Budget, peak_lr: float | None = None) -> BudgetForecast:
+    """The fitted law along ``budget``'s LR path from update 0 (peak LR: the log's unless ``peak_lr`` is given)."""
+    lr = budget_lr(plan, budget, fit.lr_scale if peak_lr is None else peak_lr)
+    final = fit.predict_with_band(lr, budget.step, budget.step + 1)
+    decay = fit.predict_with_band(lr, budget.decay_start, budget.step)
+    tokens = budget.tokens
+    return BudgetForecast(budget.name, budget.index, budget.step, tokens, *final, *decay, fit.law, fit.fit_until_step)
+
+
+def forecast_plan(fit: LawFit, plan: BudgetPlan, peak_lr: float | None = None) -> list[BudgetForecast]:
+    """:func:`forecast_budget` for every budget of ``plan``.
+
+    The plan is followed from update 0: a plan other than the run's own forecasts a run with the same model, data
+    and optimizer on that schedule (the law's claim), not a continuation of this one.
+    """
+    return [forecast_budget(fit, plan, budget, peak_lr) for budget in plan.budgets]
+
+
+def forecast_run(output_dir: str | Path, law: str = "auto", budgets: Sequence[str] | None = None) -> list[dict]:
+    """Per budget of an hf_wsd run, a real forecast: the law fitted on what the run had logged when that budget's decay
+    started (WSD: the main path to its branch point and the earlier branches), or on the whole log for budgets the
+    run has not reached. ``budgets`` limits it to those names (one fit each; model cards need one).
+
+    Rows: ``budget, step, predicted_loss, low, high, predicted_decay_mean, decay_low, decay_high, law,
+    fit_until_step``; when no fit is possible yet (e.g. no decay before the first budget) the numbers are ``None``
+    and ``note`` says why.
+    """
+    log = read_run(output_dir)
+    plan = log.plan
+    rows, fits = [], {}
+    for budget in plan.budgets:
+        if budgets is not None and budget.name not in budgets:
+            continue
+        reached = budget.decay_start <= log.last_step
+        known = log.before_decay(budget.index) if reached else log
+        key = (known.last_step, tuple(c.branch for c in known.curves))
+        try:
+            if key not in fits:
+                fits[key] = fit_law(known, law)
+            row = forecast_budget(fits[key], plan, budget).to_dict()
+        except ValueError as error:
+            row = {"budget": budget.name, "index": budget.index, "step": budget.step, "tokens": budget.tokens,
+                   "predicted_loss": None, "low": None, "high": None, "predicted_decay_mean": None,
+                   "decay_low": None, "decay_high": None, "law": None, "fit_until_step": known.last_step,
+                   "note": str(error)}
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ scaling
+@dataclass(frozen=True)
+class ScalingFit:
+    """``L(D) = E + B·D^-β`` across budgets' decayed losses; ``unit`` is ``"tokens"`` or ``"updates"``."""
+
+    E: float
+    B: float
+    beta: float
+    unit: str
+    sizes: tuple[float, ...]
+    losses: tuple[float, ...]
+
+    def predict(self, size: float) -> float:
+        return float(self.E + self.B * float(size) ** -self.beta)
+
+
+def fit_budget_scaling(sizes: Sequence[float], losses: Sequence[float], unit: str = "tokens") -> ScalingFit:
+    """Fit ``L(D) = E + B·D^-β`` (relative least squares, E ≥ 0 below the lowest loss); needs ≥ 3 budgets."""
+    sizes, losses = np.asarray(sizes, dtype=float), np.asarray(losses, dtype=float)
+    if len(sizes) < 3:
+        raise ValueError(
+            f"the scaling fit L(D) = E + B·D^-β has 3 parameters and needs the decayed losses of at least 3 budgets; "
+            f"got {len(sizes)}."
+        )
+    reference = float(sizes.max())
+    x = sizes / reference
+
+    def residual(theta):
+        return (theta[0] + theta[1] * x ** -theta[2]) / losses - 1.0
+
+    best = None
+    for fraction in (0.0, 0.5, 0.9):
+        E = fraction * float(losses.min())
+        slope, intercept = np.polyfit(np.log(x), np.log(np.maximum(losses - E, 1e-9)), 1)
+        start = np.clip([E, np.exp(intercept), -slope], [0, 1e-9, 0.011], [losses.min() * 0.999, 1e6, 2.99])
+        result = least_squares(residual, start, bounds=([0, 1e-9, 0.01], [float(losses.min()), 1e6, 3.0]))
+        if best is None or result.cost < best.cost:
+            best = result
+    E, B_ref, beta = (float(v) for v in best.x)
+    return ScalingFit(E, B_ref * reference**beta, beta, unit, tuple(sizes.tolist()), tuple(losses.tolist()))
+
+
+def run_scaling(output_dir: str | Path) -> tuple[ScalingFit, str]:
+    """The scaling fit of a run's written budgets: held-out loss when every budget has one, else ``train_loss``.
+
+    Sizes are tokens when the budgets record them, else updates. Returns the fit and the loss it used.
+    """
+    records = [r for r in budget_records(output_dir) if r.get("train_loss") is not None or r.get("heldout_loss")]
+    metric = "heldout_loss" if records and all(r.get("heldout_loss") is not None for r in records) else "train_loss"
+    records = [r for r in records if r.get(metric) is not None]
+    unit = "tokens" if records and all(r.get("tokens") for r in records) else "updates"
+    sizes = [r["tokens"] if unit == "tokens" else r["step"] for r in records]
+    return fit_budget_scaling(sizes, [r[metric] for r in records], unit), metric
+
+
+# ------------------------------------------------------------------------------------------------ plot
+def plot_forecast(
+    log: TrainingLog, fit: LawFit, plan: BudgetPlan, forecasts: Sequence[BudgetForecast], path: str | Path,
+    peak_lr: float | None = None, measured: dict[int, float] | None = None,
+) -> Path:
+    """The log, the law fitted to it, its continuation over ``plan`` (WSD branches dotted) and, per budget, the
+    predicted decay-mean loss with its 90 % band at the decay's middle; ``measured``: {step: decay-mean loss}.
+    """
+    from .plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=110)
+    for curve in log.curves:
+        label = "logged loss" if curve.branch is None else "logged (WSD branches)" if curve.branch == 0 else "_"
+        ax.plot(curve.end, curve.loss, ".", ms=2, alpha=0.35, color="C0" if curve.branch is None else "C2", label=label)
+    peak = fit.lr_scale if peak_lr is None else peak_lr
+    until = fit.fit_until_step
+    main = budget_lr(plan, plan.budgets[-1], peak)
+    first_peak = int(np.argmax(main >= main.max() * (1 - 1e-9)))  # the laws describe training after warmup
+    for steps, style, label in ((np.arange(max(first_peak, 1), until + 1), "-", f"{fit.law} fit"),
+                                (np.arange(until, len(main) + 1), "--", "forecast")):
+        ax.plot(steps, fit.predict(main, steps), style, color="C1", lw=1.1, label=label)
+    for budget in (b for b in plan.budgets if b.branch):
+        window = np.arange(budget.decay_start, budget.step + 1)
+        ax.plot(window, fit.predict(budget_lr(plan, budget, peak), window), ":", color="C1", lw=1, label="_")
+    if forecasts:
+        middle = [(plan.budgets[f.index].decay_start + f.step) / 2 for f in forecasts]
+        ax.errorbar(middle, [f.predicted_decay_mean for f in forecasts],
+                    yerr=[[f.predicted_decay_mean - f.decay_low for f in forecasts],
+                          [f.decay_high - f.predicted_decay_mean for f in forecasts]],
+                    fmt="o", color="C3", ms=3, capsize=3, label="decay-mean forecast, 90 % band")
+    if measured:
+        xs = [(b.decay_start + b.step) / 2 for b in plan.budgets if b.step in measured]
+        ax.plot(xs, [measured[b.step] for b in plan.budgets if b.step in measured], "x", color="k", ms=5,
+                label="measured decay mean")
+    for budget in plan.budgets:
+        ax.axvline(budget.step, color="grey", lw=0.5, ls=":")
+    ax.axvline(until, color="C1", lw=0.6, ls="-.")
+    losses = np.concatenate([c.loss for c in log.curves])
+    low = min([float(np.quantile(losses, 0.005))] + [f.decay_low for f in forecasts])
+    ax.set_ylim(low * 0.98, float(np.quantile(losses[len(losses) // 10:], 0.99)) * 1.02)
+    ax.set_xlabel("optimizer update")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{plan.schedule}: {fit.law} law fitted up to update {until} (dash-dot), forecast beyond", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="upper right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
