@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares, lsq_linear
 from scipy.signal import lfilter
 
 from .forecast_logs import LossCurve, TrainingLog, budget_records, read_run
@@ -33,9 +33,10 @@ POINTS_PER_PARAMETER = 4  # a fit needs at least this many logged losses (after 
 HOLDOUT_FRACTION = 0.2  # the last part of the log that chooses the law and measures its forecast error
 BAND_Z = 1.645  # the band is a central 90 % interval
 MIN_DECAY = 0.1  # the LR must have fallen this far below peak (as a fraction of peak) for the decay terms to be fit
-_QUADRATURE = 8  # at most this many evaluations of the law per log entry (exact for entries of ≤ 8 updates)
+NOISE_FLOOR = 1e-3  # the Huber scale never goes below 0.1 % (MPL's own delta): a noise-free log still fits by least squares
+_QUADRATURE = 16  # at most this many evaluations of the law per log entry (exact for entries of ≤ 16 updates)
 _MAX_ENTRIES = 2000  # longer logs are coarsened by merging adjacent entries (an exact mean of their updates)
-_MAX_CHANGES = 1500  # MPL: adjacent LR changes beyond this many are grouped (sum of drops, LR at the group's end)
+_MAX_CHANGES = 256  # MPL: more LR changes than this are grouped (≤ 0.03 % error on 800- and 8000-update cosines)
 _CHUNK = 2_000_000  # MPL: evaluations × LR changes computed at once
 
 
@@ -69,15 +70,17 @@ def mpl_loss(
     return _mpl(np.asarray(lr, dtype=float), np.asarray(steps), np.array([L0, A, alpha, B, C, beta, gamma]))[0]
 
 
-def _mpl(lr: np.ndarray, steps: np.ndarray, theta: np.ndarray, jac: bool = False):
+def _mpl(lr: np.ndarray, steps: np.ndarray, theta: np.ndarray, jac: bool | str = False):
+    """Loss and, with ``jac``, its Jacobian; ``jac="design"``: the columns of the linear parameters (L0, A, B)."""
     L0, A, alpha, B, C, beta, gamma = theta
     area = lr_area(lr)
     drops = lr_drops(lr)
     changes = np.flatnonzero(drops)
-    if len(changes) > _MAX_CHANGES:  # group adjacent changes: the drop of a group sits at its last update
+    if len(changes) > _MAX_CHANGES:  # group adjacent changes, each group's drop at its drop-weighted median update
         groups = np.array_split(changes, _MAX_CHANGES)
-        at = np.array([g[-1] for g in groups])
         size = np.array([drops[g].sum() for g in groups])
+        at = np.array([g[min(np.searchsorted(np.cumsum(drops[g]) / s, 0.5), len(g) - 1)] if s else g[-1]
+                       for g, s in zip(groups, size)])
     else:
         at, size = changes, drops[changes]
     eta = np.maximum(lr[at], 1e-12)
@@ -93,7 +96,7 @@ def _mpl(lr: np.ndarray, steps: np.ndarray, theta: np.ndarray, jac: bool = False
         log_g = np.log1p(C * x)
         g_beta = np.exp(-beta * log_g)  # (C·x + 1)^-β
         loss_drop[part] = (1.0 - g_beta) @ size
-        if jac:
+        if jac is True:
             slope = beta * g_beta / (C * x + 1.0) * x  # ∂G/∂C = β·(C·x + 1)^(-β-1)·x
             d_c[part] = slope @ size
             d_beta[part] = (g_beta * log_g) @ size
@@ -101,11 +104,13 @@ def _mpl(lr: np.ndarray, steps: np.ndarray, theta: np.ndarray, jac: bool = False
     loss = L0 + A * power - B * loss_drop
     if not jac:
         return loss, None
+    if jac == "design":
+        return loss, np.stack([np.ones(len(steps)), power, -loss_drop], axis=1)
     columns = [np.ones(len(steps)), power, -A * power * np.log(s1), -loss_drop, -B * d_c, -B * d_beta, -B * d_gamma]
     return loss, np.stack(columns, axis=1)
 
 
-def _momentum(lr: np.ndarray, steps: np.ndarray, theta: np.ndarray, jac: bool = False):
+def _momentum(lr: np.ndarray, steps: np.ndarray, theta: np.ndarray, jac: bool | str = False):
     """Momentum law with λ parametrised as ``u = log10(1 / (1 - λ))`` (its time constant, in decades of updates)."""
     L0, A, alpha, C, u = theta
 
@@ -118,12 +123,15 @@ def _momentum(lr: np.ndarray, steps: np.ndarray, theta: np.ndarray, jac: bool = 
     loss = L0 + A * power - C * s2
     if not jac:
         return loss, None
+    if jac == "design":
+        return loss, np.stack([np.ones(len(steps)), power, -s2], axis=1)
     h = 1e-5
     d_u = -C * (s2_at(u + h) - s2_at(u - h)) / (2 * h)
     return loss, np.stack([np.ones(len(steps)), power, -A * power * np.log(s1), -s2, d_u], axis=1)
 
 
 _LAW_FUNCTIONS = {"mpl": _mpl, "momentum": _momentum}
+_LINEAR = [0, 1, 3]  # L0, A and the decay term's amplitude (MPL's B, momentum's C) enter both laws linearly
 
 
 def _internal(law: str, params: dict) -> np.ndarray:
@@ -255,8 +263,8 @@ def _coarsen(curve: LossCurve) -> LossCurve:
     return LossCurve(curve.lr, np.array(start), np.array(end), np.array(loss), curve.branch)
 
 
-def _evaluate(data: _Data, law: str, theta: np.ndarray, jac: bool = False):
-    """Mean predicted loss of every entry (and its Jacobian)."""
+def _evaluate(data: _Data, law: str, theta: np.ndarray, jac: bool | str = False):
+    """Mean predicted loss of every entry (and its Jacobian, or with ``jac="design"`` the linear parameters' columns)."""
     means, jacobians = [], []
     for lr, steps, offsets, _ in data.curves:
         loss, jacobian = _LAW_FUNCTIONS[law](lr, steps, theta, jac=jac)
@@ -286,11 +294,11 @@ def _noise_scale(data: _Data) -> float:
     """Robust per-update noise of the log-loss, from differences of adjacent entries (they cancel the trend)."""
     y, w = np.log(data.loss), data.weight
     z = np.diff(y) / np.sqrt(1 / w[1:] + 1 / w[:-1])
-    return max(float(1.4826 * np.median(np.abs(z))), 1e-6) if len(z) else 1e-3
+    return max(float(1.4826 * np.median(np.abs(z))), NOISE_FLOOR) if len(z) else NOISE_FLOOR
 
 
 def _bounds(law: str, data: _Data) -> tuple[list[float], list[float]]:
-    top = float(data.loss.min())
+    top = float(data.loss.max())  # not the lowest loss: a decay takes the loss below L0 + A·S1^-α, even below L0
     if law == "mpl":
         return [0, 1e-8, 0.01, 0, 1e-8, 0.01, 0], [top, 1e6, 3, 1e3, 1e6, 5, 1.5]
     return [0, 1e-8, 0.01, 0, 0.5], [top, 1e6, 3, 1e3, 5]
@@ -326,15 +334,35 @@ def _inside(theta: np.ndarray, low: list[float], high: list[float]) -> np.ndarra
 
 
 def _fit(data: _Data, law: str, log: TrainingLog, extra_start: np.ndarray | None = None):
-    """Best of the initialisations (and ``extra_start``); returns the parameters, their covariance, residual scale."""
+    """Best of the initialisations (and ``extra_start``); returns the parameters, their covariance, residual scale.
+
+    Variable projection first: for given nonlinear parameters the linear ones (L0, A, B or C) are a bounded linear
+    least-squares solution of the relative residuals, which removes the flat valleys that make a joint fit crawl
+    (hundreds of steps on a cosine). The best start is then polished jointly with the robust (Huber) log-loss.
+    """
     residual, jacobian = _residuals(data, law)
+    low, high = _bounds(law, data)
+    nonlinear = [i for i in range(len(low)) if i not in _LINEAR]
+    root, loss = np.sqrt(data.weight), data.loss
+    linear_bounds = ([low[i] for i in _LINEAR], [high[i] for i in _LINEAR])
+
+    def project(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        theta = np.ones(len(low))
+        theta[nonlinear] = values
+        design = _evaluate(data, law, theta, jac="design")[1]
+        theta[_LINEAR] = lsq_linear(design * (root / loss)[:, None], root, bounds=linear_bounds).x
+        return theta, root * (design @ theta[_LINEAR] / loss - 1.0)
+
+    starts = _initial_points(law, data) + ([] if extra_start is None else [_inside(extra_start, low, high)])
+    tries = []
+    for start in starts:
+        result = least_squares(lambda v: project(v)[1], start[nonlinear], bounds=([low[i] for i in nonlinear],
+                               [high[i] for i in nonlinear]), x_scale="jac", max_nfev=60)
+        tries.append((result.cost, project(result.x)[0]))
+    start = _inside(min(tries, key=lambda t: t[0])[1], low, high)
     noise = _noise_scale(data)
-    options = dict(jac=jacobian, bounds=_bounds(law, data), loss="huber", f_scale=1.345 * noise, x_scale="jac")
-    # A short run from every start, then the best one polished: the starts mostly find the same basin.
-    starts = _initial_points(law, data) + ([] if extra_start is None else [_inside(extra_start, *_bounds(law, data))])
-    tries = [least_squares(residual, start, max_nfev=20, **options) for start in starts]
-    best = min(tries, key=lambda result: result.cost)
-    best = least_squares(residual, best.x, max_nfev=400, **options)
+    best = least_squares(residual, start, jac=jacobian, bounds=(low, high), loss="huber", f_scale=1.345 * noise,
+                         x_scale="jac", max_nfev=40)
     r = residual(best.x)
     scale = max(float(1.4826 * np.median(np.abs(r - np.median(r)))), 1e-9)
     rho = float(np.clip(np.corrcoef(r[:-1], r[1:])[0, 1], 0.0, 0.95)) if len(r) > 2 else 0.0

@@ -261,10 +261,7 @@ def _tokens_per_update(plan: BudgetPlan | None, state: Path) -> int | None:
 
 def _build_log(rows: list[tuple], source: str, plan: BudgetPlan | None, tokens_per_update: int | None) -> TrainingLog:
     """Curves from ``(branch, step, loss, lr)`` rows: interval starts, then the per-update LR (plan, or logged)."""
-    finite = [r for r in rows if math.isfinite(r[2]) and math.isfinite(r[3])]
-    if len(finite) < len(rows):
-        logger.warning("%s: ignoring %d entries with a non-finite loss or learning rate", source, len(rows) - len(finite))
-    main = sorted({r[1]: r for r in finite if r[0] is None}.values(), key=lambda r: r[1])
+    main = sorted({r[1]: r for r in rows if r[0] is None}.values(), key=lambda r: r[1])
     if not main:
         raise ValueError(f"{source} holds no logged `loss` on the main path: nothing to fit.")
     restarts = sorted(b.decay_start for b in plan.budgets if b.branch) if plan is not None else []
@@ -274,20 +271,25 @@ def _build_log(rows: list[tuple], source: str, plan: BudgetPlan | None, tokens_p
         starts.append(max([previous] + [r for r in restarts if r < step]))
         previous = step
     entries = {None: (np.array(starts), main)}
-    for branch in sorted({r[0] for r in finite if r[0] is not None}):
+    for branch in sorted({r[0] for r in rows if r[0] is not None}):
         if plan is None or not 0 <= branch < len(plan.budgets) or not plan.budgets[branch].branch:
             raise ValueError(f"{source}: entries of `branch` {branch} need the run's plan, where it must be a WSD branch.")
         decay_start = plan.budgets[branch].decay_start
-        rows_b = sorted((r for r in finite if r[0] == branch), key=lambda r: r[1])
+        rows_b = sorted((r for r in rows if r[0] == branch), key=lambda r: r[1])
         # The branch's first entry also covers the main path's unlogged updates before the branch point.
         first = max([0] + [r[1] for r in main if r[1] <= decay_start])
         entries[branch] = (np.array([first] + [r[1] for r in rows_b[:-1]]), rows_b)
     peak = _peak_lr(plan, entries, source) if plan is not None else max(r[3] for r in main)
-    curves = []
+    curves, dropped = [], 0
     for branch, (start, rows_c) in entries.items():
         end = np.array([r[1] for r in rows_c])
         lr = _plan_lr(plan, peak, int(end[-1]), branch) if plan is not None else _stepwise_lr(start, end, rows_c)
-        curves.append(LossCurve(lr, start, end, np.array([r[2] for r in rows_c]), branch))
+        loss = np.array([r[2] for r in rows_c])
+        finite = np.isfinite(loss)  # dropped after the intervals are known: a NaN entry still ends the previous one
+        dropped += int((~finite).sum())
+        curves.append(LossCurve(lr, start[finite], end[finite], loss[finite], branch))
+    if dropped:
+        logger.warning("%s: ignoring %d entries with a non-finite loss", source, dropped)
     exact = plan is not None or bool(np.all(entries[None][0] == np.arange(len(main))))
     return TrainingLog(tuple(curves), source, float(peak), plan, tokens_per_update, exact)
 
