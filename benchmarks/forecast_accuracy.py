@@ -21,28 +21,38 @@ import argparse
 import json
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from hf_wsd.forecast import BudgetForecast, budget_lr, fit_budget_scaling, fit_law, forecast_budget, forecast_plan
-from hf_wsd.forecast_logs import budget_records, read_run
+from hf_wsd.forecast_logs import budget_records, read_run, read_trainer_state
 
 LAWS = ("mpl", "momentum", "auto")
 COSINE_CUTS = (0.5, 0.75)
 COSINE_WINDOW = 20
 
 
-def budget_targets(run: Path) -> list[dict]:
-    """One row per (cut, method, target budget) of a multi-budget run."""
+def budget_targets(run: Path, stepwise: bool = False) -> list[dict]:
+    """One row per (cut, method, target budget) of a multi-budget run.
+
+    ``stepwise``: fit with the piecewise-constant LR a reader without the plan reconstructs (sparse logs), still
+    cutting and forecasting along the plan.
+    """
     log = read_run(run)
     plan = log.plan
+    name = run.name
+    if stepwise:
+        without_plan = read_trainer_state(log.source)
+        log = replace(log, curves=without_plan.curves, lr_exact=without_plan.lr_exact)
+        name += " (stepwise LR)"
     records = {r["index"]: r for r in budget_records(run)}
     rows = []
     for known_index in range(len(plan.budgets) - 1):
         known = log.known_at(known_index)
         targets = [j for j in (known_index + 1, known_index + 2) if j < len(plan.budgets) and j in records]
-        base = {"run": run.name, "schedule": plan.schedule, "known_budget": known_index,
+        base = {"run": name, "schedule": plan.schedule, "known_budget": known_index,
                 "fit_until_step": known.last_step}
         for method in LAWS:
             started = time.perf_counter()
@@ -194,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--json", type=Path, help="write every row and the summary here")
     parser.add_argument("--plots", type=Path, help="write one example forecast figure per run here")
+    parser.add_argument("--stepwise", type=Path, nargs="*", default=[],
+                        help="also score these runs with the piecewise-constant LR of a reader without the plan")
     parser.add_argument("--example-budget", type=int, default=3, help="budget index the example figures fit up to")
     args = parser.parse_args(argv)
     rows, fits = [], []
@@ -205,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.plots:
             args.plots.mkdir(parents=True, exist_ok=True)
             print(f"figure: {plot_examples(run, args.plots, args.example_budget)}")
+    for run in args.stepwise:
+        rows += budget_targets(run, stepwise=True)
     table = summarize(rows)
     print(markdown(table))
     print("\nIn-sample (each law fitted on the whole log), decay-mean error over the run's budgets:")

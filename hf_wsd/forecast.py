@@ -33,6 +33,7 @@ POINTS_PER_PARAMETER = 4  # a fit needs at least this many logged losses (after 
 HOLDOUT_FRACTION = 0.2  # the last part of the log that chooses the law and measures its forecast error
 BAND_Z = 1.645  # the band is a central 90 % interval
 MIN_DECAY = 0.1  # the LR must have fallen this far below peak (as a fraction of peak) for the decay terms to be fit
+MIN_DECAYS = {"mpl": 2, "momentum": 1}  # separate decays a law's decay terms need (MPL has four parameters for them)
 NOISE_FLOOR = 1e-3  # the Huber scale never goes below 0.1 % (MPL's own delta): a noise-free log still fits by least squares
 _QUADRATURE = 16  # at most this many evaluations of the law per log entry (exact for entries of ≤ 16 updates)
 _MAX_ENTRIES = 2000  # longer logs are coarsened by merging adjacent entries (an exact mean of their updates)
@@ -181,7 +182,8 @@ class LawFit:
         mean = float(loss.mean())
         gradient = jac.mean(axis=0) / mean  # of log(mean loss)
         spread = float(gradient @ self.covariance @ gradient) + (self.model_error or 0.0) ** 2
-        width = BAND_Z * np.sqrt(max(spread, 0.0))
+        # Capped at a factor e^5 so the band stays a number (JSON has no infinity); that wide it only says "unknown".
+        width = min(BAND_Z * np.sqrt(max(spread, 0.0)), 5.0)
         return mean, mean * float(np.exp(-width)), mean * float(np.exp(width))
 
 
@@ -196,27 +198,37 @@ class _Data:
 
 
 def fit_law(log: TrainingLog, law: str = "auto", holdout_fraction: float = HOLDOUT_FRACTION) -> LawFit:
-    """Fit ``law`` (``"mpl"``, ``"momentum"``, or ``"auto"``: the one with the lower error on the held-out end of
-    the log) to every curve of ``log`` jointly; robust (Huber on log-loss), deterministic, several initialisations.
+    """Fit ``law`` to every curve of ``log`` jointly: robust (Huber on log-loss), deterministic, several starts.
+
+    ``law``: ``"mpl"``, ``"momentum"`` or ``"auto"``: of the laws the log supports, the one with the lower error on the
+    held-out last ``holdout_fraction`` of the log; the momentum law (fewer parameters) when the log cannot be split.
+    ``auto`` considers MPL only once the log holds two decays (fitted to one short decay its four decay parameters
+    are loose and its forecasts ran away in our runs); ``law="mpl"`` fits it to one, with a warning.
+    A ValueError names the log and says what it lacks.
     """
     if law not in (*LAWS, "auto"):
         raise ValueError(f"unknown `law` {law!r}; choose auto, {', '.join(LAWS)}.")
-    candidates = LAWS if law == "auto" else (law,)
     data = _prepare(log)
     split = _holdout_split(log, holdout_fraction)
-    fits = []
-    for name in candidates:
-        _check_enough(log, data, name)
+    fits, problems = [], []
+    for name in LAWS if law == "auto" else (law,):
+        try:
+            _check_enough(log, data, name, strict=law == "auto")
+        except ValueError as error:
+            problems.append(error)
+            continue
         model_error, rms, warm = _holdout(log, name, split)
         theta, cov, scale = _fit(data, name, log, extra_start=warm)
         fits.append(LawFit(name, _public(name, theta), log.peak_lr, log.last_step, len(data.loss), scale, cov,
                            model_error, rms))
-    if len(fits) > 1:
-        with_holdout = [f for f in fits if f.holdout_rms is not None]
-        fits = sorted(with_holdout, key=lambda f: f.holdout_rms) if with_holdout else fits
-        logger.info("law chosen on the held-out end of %s: %s", log.source,
-                    ", ".join(f"{f.law} {f.holdout_rms:.4g}" for f in with_holdout) or "no split possible, mpl")
-    return fits[0]
+    if not fits:
+        raise problems[-1]
+    with_holdout = [f for f in fits if f.holdout_rms is not None]
+    chosen = min(with_holdout, key=lambda f: f.holdout_rms) if with_holdout else fits[-1]
+    if law == "auto":
+        logger.info("law chosen for %s: %s (held-out rms: %s)", log.source, chosen.law,
+                    ", ".join(f"{f.law} {f.holdout_rms:.4g}" for f in with_holdout) or "no split possible")
+    return chosen
 
 
 def _prepare(log: TrainingLog, keep: np.ndarray | None = None) -> _Data:
@@ -300,7 +312,9 @@ def _noise_scale(data: _Data) -> float:
 def _bounds(law: str, data: _Data) -> tuple[list[float], list[float]]:
     top = float(data.loss.max())  # not the lowest loss: a decay takes the loss below L0 + A·S1^-α, even below L0
     if law == "mpl":
-        return [0, 1e-8, 0.01, 0, 1e-8, 0.01, 0], [top, 1e6, 3, 1e3, 1e6, 5, 1.5]
+        # B ≤ top/2: a full decay (to zero LR) lowers the loss by at most half its highest value. Unbounded, a fit
+        # to a single short decay can put G in its linear regime (C → 0, B → ∞): a drop that grows without end.
+        return [0, 1e-8, 0.01, 0, 1e-8, 0.01, 0], [top, 1e6, 3, top / 2, 1e6, 5, 1.5]
     return [0, 1e-8, 0.01, 0, 0.5], [top, 1e6, 3, 1e3, 5]
 
 
@@ -353,11 +367,13 @@ def _fit(data: _Data, law: str, log: TrainingLog, extra_start: np.ndarray | None
         theta[_LINEAR] = lsq_linear(design * (root / loss)[:, None], root, bounds=linear_bounds).x
         return theta, root * (design @ theta[_LINEAR] / loss - 1.0)
 
-    starts = _initial_points(law, data) + ([] if extra_start is None else [_inside(extra_start, low, high)])
+    starts = _initial_points(law, data)
+    if extra_start is not None:  # the held-out fit already searched every start: refine its optimum and one more
+        starts = [_inside(extra_start, low, high), starts[0]]
     tries = []
     for start in starts:
         result = least_squares(lambda v: project(v)[1], start[nonlinear], bounds=([low[i] for i in nonlinear],
-                               [high[i] for i in nonlinear]), x_scale="jac", max_nfev=60)
+                               [high[i] for i in nonlinear]), x_scale="jac", max_nfev=40)
         tries.append((result.cost, project(result.x)[0]))
     start = _inside(min(tries, key=lambda t: t[0])[1], low, high)
     noise = _noise_scale(data)
@@ -372,20 +388,40 @@ def _fit(data: _Data, law: str, log: TrainingLog, extra_start: np.ndarray | None
     return best.x, cov, scale
 
 
-def _check_enough(log: TrainingLog, data: _Data, law: str) -> None:
+def _check_enough(log: TrainingLog, data: _Data, law: str, strict: bool = False) -> None:
+    """Enough entries for the law's parameters and a decay; ``strict``: as many decays as ``MIN_DECAYS[law]``."""
     needed = POINTS_PER_PARAMETER * len(PARAMETERS[law])
     if len(data.loss) < needed:
         raise ValueError(
             f"{log.source}: {len(data.loss)} logged losses after warmup; the {law} law ({len(PARAMETERS[law])} "
             f"parameters) needs at least {needed}. Log more often (`logging_steps`) or train longer."
         )
-    lowest = min(float(lr[peak:steps.max()].min(initial=1.0)) for lr, steps, _, peak in data.curves) if data.curves else 1.0
-    if lowest > 1.0 - MIN_DECAY:
+    decays = _decay_count(data)
+    if decays == 0:
         raise ValueError(
             f"{log.source}: the learning rate never falls more than {MIN_DECAY:.0%} below its peak in the logged updates "
             f"(up to update {log.last_step}), so the {law} law's decay terms cannot be fitted: forecast once the log "
             "holds a decay (after the first budget of a WSD-S run or the first branch of a WSD run)."
         )
+    if decays < MIN_DECAYS[law] and not strict:
+        logger.warning("%s: %d decay(s) in the log, fewer than the %d the %s law's decay terms need to be determined; "
+                       "its forecasts may run away", log.source, decays, MIN_DECAYS[law], law)
+    elif decays < MIN_DECAYS[law]:
+        raise ValueError(
+            f"{log.source}: the {law} law's decay terms need at least {MIN_DECAYS[law]} decays in the log and it holds "
+            f"{decays} (up to update {log.last_step}); fitted to one they extrapolate without bound (measured: "
+            "negative losses two budgets on). Use the momentum law, or forecast after the next decay."
+        )
+
+
+def _decay_count(data: _Data) -> int:
+    """Separate decays in the fitted log: entries of the LR into the region MIN_DECAY below peak (branches: their own)."""
+    count = 0
+    for index, (lr, steps, _, peak) in enumerate(data.curves):
+        first = peak if index == 0 else max(int(steps.min()) - 1, peak)  # a branch shares the main path before it
+        below = lr[first:int(steps.max())] < 1.0 - MIN_DECAY
+        count += int(below[0]) + int(np.sum(below[1:] & ~below[:-1])) if len(below) else 0
+    return count
 
 
 def _holdout_split(log: TrainingLog, fraction: float) -> int:
