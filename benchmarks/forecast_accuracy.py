@@ -32,6 +32,7 @@ from hf_wsd.forecast_logs import budget_records, read_run, read_trainer_state
 LAWS = ("mpl", "momentum", "auto")
 COSINE_CUTS = (0.5, 0.75)
 COSINE_WINDOW = 20
+TITLE = "one budget ahead: predicted / measured decay-mean training loss - 1 (clipped at ±10 %)"
 
 
 def budget_targets(run: Path, stepwise: bool = False) -> list[dict]:
@@ -188,8 +189,9 @@ def markdown(table: list[dict]) -> str:
     def pct(value):
         return "–" if value is None else f"{100 * value:.2f}"
 
-    lines = ["| run | method | horizon | n (failed) | train: mean / max abs err % | held-out: mean / max % | "
-             "in 90 % band |", "|---|---|---|---|---|---|---|"]
+    header = ("| run | method | horizon | n (failed) | train: mean / max abs err % | held-out: mean / max % | "
+              "in 90 % band |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
     for e in table:
         coverage = "–" if e["coverage"] is None else f"{100 * e['coverage']:.0f} %"
         lines.append(f"| {e['run']} | {e['method']} | {e['horizon']} | {e['n']} ({e['failed']}) | "
@@ -228,8 +230,7 @@ def plot_accuracy(rows: list[dict], path: Path) -> Path:
               "persist": {"marker": ".", "color": "grey"}}
     panels = {run: {m: (*curves[m], styles[m]) for m in styles if m in curves} for run, curves in panels.items()}
     return plot_panels(panels, path, xlabel="budget forecast (index K; fitted on what the run had at budget K-1)",
-                       ylabel="error %", title="one budget ahead: predicted / measured decay-mean training loss - 1 "
-                       "(clipped at ±10 %)", marks=(), ylim=(-10, 10))
+                       ylabel="error %", title=TITLE, marks=(), ylim=(-10, 10))
 
 
 def band_ablation(runs: list[Path]) -> str:

@@ -194,7 +194,6 @@ class _Data:
     curves: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]  # (normalised lr, evaluation steps, offsets, first peak)
     loss: np.ndarray
     weight: np.ndarray
-    start: np.ndarray  # first update of each entry, for the held-out split
 
 
 def fit_law(log: TrainingLog, law: str = "auto", holdout_fraction: float = HOLDOUT_FRACTION) -> LawFit:
@@ -233,7 +232,7 @@ def fit_law(log: TrainingLog, law: str = "auto", holdout_fraction: float = HOLDO
 
 def _prepare(log: TrainingLog, keep: np.ndarray | None = None) -> _Data:
     """The entries after warmup (and in ``keep``, a mask over all curves' entries in order) of every curve."""
-    curves, losses, weights, starts = [], [], [], []
+    curves, losses, weights = [], [], []
     index = 0  # into ``keep``
     for curve in log.curves:
         if keep is not None:
@@ -254,10 +253,9 @@ def _prepare(log: TrainingLog, keep: np.ndarray | None = None) -> _Data:
         curves.append((lr, steps, offsets, first_peak))
         losses.append(curve.loss[use])
         weights.append(end - start)
-        starts.append(start)
     if not curves:
-        return _Data([], np.array([]), np.array([]), np.array([], dtype=int))
-    return _Data(curves, np.concatenate(losses), np.concatenate(weights).astype(float), np.concatenate(starts))
+        return _Data([], np.array([]), np.array([]))
+    return _Data(curves, np.concatenate(losses), np.concatenate(weights).astype(float))
 
 
 def _coarsen(curve: LossCurve) -> LossCurve:

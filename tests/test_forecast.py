@@ -218,7 +218,7 @@ def test_reads_an_hf_wsd_run_log_with_branches_keeping_the_last_duplicate(tmp_pa
 
 
 def test_a_run_without_its_log_falls_back_to_the_newest_checkpoint_and_budget_records(tmp_path):
-    run, plan = make_wsd_run(tmp_path)
+    run, _ = make_wsd_run(tmp_path)
     from_log = read_run(run)
     rows = [json.loads(line) for line in (run / "wsd_log.jsonl").read_text().splitlines() if line.strip()]
     main = [r for r in rows if "loss" in r and r.get("branch") is None and r["loss"] != 99.0]  # as resumed
