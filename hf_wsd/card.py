@@ -10,6 +10,7 @@ budget's plots); the publisher re-renders it with the repo id to add the revisio
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import shutil
@@ -20,6 +21,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 from . import runs
 from .events import BudgetCallback, BudgetReached
 from .plan import format_tokens
+
+logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "budget_card.md"
 MAX_METRIC_COLUMNS = 4  # columns of eval metrics in the table of all budgets
@@ -54,6 +57,25 @@ def budgets_so_far(budget_dir: str | Path) -> list[runs.BudgetRecord]:
     budget_dir = Path(budget_dir)
     step = runs.read_budget(budget_dir)["step"]
     return runs.budget_records(budget_dir.parent.parent, up_to_step=step)
+
+
+def _read_forecast(budget_dir: Path) -> dict | None:
+    path = budget_dir / runs.FORECAST_FILE
+    if not path.is_file():
+        return None
+    return runs.read_json(path, f"delete {path}; it is written again when the budget is reached.")
+
+
+def _forecast_text(forecast: dict | None, measured: float | None) -> str | None:
+    """``"4.12 (90 % band 4.05–4.20, momentum law fitted up to update 380); measured 4.09 (−0.7 %)"``."""
+    if not forecast or not _finite(forecast.get("predicted_decay_mean")):
+        return None
+    band = f"{forecast['decay_low']:.4f}–{forecast['decay_high']:.4f}"
+    text = (f"{forecast['predicted_decay_mean']:.4f} (90 % band {band}, {forecast['law']} law fitted up to update "
+            f"{forecast['fit_until_step']})")
+    if _finite(measured):
+        text += f"; measured {measured:.4f} ({100 * (measured - forecast['predicted_decay_mean']) / measured:+.1f} %)"
+    return text
 
 
 def _throughput_text(throughput: dict | None) -> str | None:
@@ -222,6 +244,7 @@ def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> di
         "warmup": f"{warmup:,} updates, linear" if isinstance(warmup, int) else _MISSING,
         "train_loss": _number(budget.get("train_loss"), ".4f"),
         "throughput": _throughput_text(budget.get("throughput")),
+        "forecast": _forecast_text(_read_forecast(budget_dir), budget.get("train_loss")),
         "num_parameters": parameters,
         "eval_rows": eval_rows,
         "eval_note": eval_note,
@@ -313,13 +336,16 @@ class BudgetCard(BudgetCallback):
     """Subscriber that draws a budget's plots and renders its card, after evaluation and before publishing.
 
     On the main process: ``lr_schedule.png`` (the run's LR curve, drawn once per plan and copied into each
-    folder), ``loss_curve.png`` (the training loss up to the budget) and ``README.md``.
+    folder), ``loss_curve.png`` (the training loss up to the budget), with ``forecast`` the loss the run's own
+    log predicted for the budget before its decay started (``forecast.json``, :mod:`hf_wsd.forecast`), and
+    ``README.md``.
     """
 
     priority = -100
 
-    def __init__(self):
+    def __init__(self, forecast: bool = False):
         self._lr_plot_plan: dict | None = None
+        self.forecast = forecast
 
     def on_budget_reached(self, args, state, control, *, event: BudgetReached, trainer=None, **kwargs) -> None:
         if not state.is_world_process_zero:
@@ -338,4 +364,19 @@ class BudgetCard(BudgetCallback):
             marks = [b.step for b in plan.budgets if b.step <= budget.step]
             plot_curves({"training loss": (steps, losses)}, folder / runs.LOSS_CURVE_IMAGE, "optimizer update", "loss",
                         title=f"training loss up to {budget.name}", marks=marks)
+        if self.forecast and not (folder / runs.FORECAST_FILE).is_file():
+            write_forecast(folder.parent.parent, budget.name, folder)
         write_model_card(folder)
+
+
+def write_forecast(output_dir: Path, name: str, folder: Path) -> None:
+    """``forecast.json``: the law fitted to the run's log before the budget's decay, predicted at the budget."""
+    from .forecast import forecast_run
+
+    try:
+        rows = forecast_run(output_dir, budgets=[name])
+    except (ValueError, OSError) as error:  # a forecast is a bonus: never the reason a budget is not carded
+        logger.info("No forecast for %s: %s", name, error)
+        return
+    if rows:
+        runs.write_json(folder / runs.FORECAST_FILE, rows[0])

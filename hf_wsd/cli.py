@@ -1,5 +1,5 @@
-"""``hf-wsd``: inspect a budget plan, see where a run stands and change its budgets while it trains, publish what a
-run left unpublished, prepare a corpus as a token folder."""
+"""``hf-wsd``: inspect a budget plan, forecast its losses from a run's log, see where a run stands and change its
+budgets while it trains, publish what a run left unpublished, prepare a corpus as a token folder."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from .plan import BUDGET_UNITS, SCHEDULES, BudgetPlan
 from .schedules import DECAY_SHAPES
 
 
-def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("budgets", nargs="+", help="increasing budgets: 500 2000 or, with --unit tokens, 2.5M 1B")
+def _add_plan_arguments(parser: argparse.ArgumentParser, budgets_required: bool = True) -> None:
+    help_budgets = "increasing budgets: 500 2000 or, with --unit tokens, 2.5M 1B"
+    if not budgets_required:
+        help_budgets += " (default: the run's own plan)"
+    parser.add_argument("budgets", nargs="+" if budgets_required else "*", help=help_budgets)
     parser.add_argument("--schedule", default="wsd-s", choices=SCHEDULES)
     parser.add_argument("--unit", dest="budget_unit", default="steps", choices=BUDGET_UNITS)
     parser.add_argument("--tokens-per-update", type=int, help="batch × accumulation × world size × seq. length")
@@ -25,8 +28,8 @@ def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PNG", help="write the LR curve to this PNG file")
 
 
-def _plan(args: argparse.Namespace) -> int:
-    plan = BudgetPlan(
+def _plan_from_args(args: argparse.Namespace) -> BudgetPlan:
+    return BudgetPlan(
         budgets=args.budgets,
         schedule=args.schedule,
         warmup_steps=args.warmup_steps,
@@ -38,12 +41,102 @@ def _plan(args: argparse.Namespace) -> int:
         budget_unit=args.budget_unit,
         tokens_per_update=args.tokens_per_update,
     )
+
+
+def _plan(args: argparse.Namespace) -> int:
+    plan = _plan_from_args(args)
     print(plan.describe(args.peak_lr))
     if args.plot:
         from .plots import plot_lr_schedule
 
         print(f"LR curve written to {plot_lr_schedule(plan, args.plot, args.peak_lr)}")
     return 0
+
+
+def _forecast(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from . import forecast
+    from .forecast_logs import budget_losses, read_log
+    from .runs import PLAN_FILE
+
+    log = read_log(args.run_or_log)
+    if args.budgets:
+        plan = _plan_from_args(args)
+    elif log.plan is not None:
+        plan = log.plan
+    else:
+        raise ValueError(
+            f"{args.run_or_log} holds no hf_wsd plan: give the budgets to forecast (as for `hf-wsd plan`)."
+        )
+    fit = forecast.fit_law(log, args.law)
+    rows = [f.to_dict() for f in forecast.forecast_plan(fit, plan, args.peak_lr)]
+    run_dir = Path(args.run_or_log) if (Path(args.run_or_log) / PLAN_FILE).is_file() else None
+    records = {r["step"]: r for r in budget_losses(run_dir) if r["schedule"] == plan.schedule} if run_dir else {}
+    for row in rows:
+        if row["tokens"] is None and log.tokens_per_update:
+            row["tokens"] = row["step"] * log.tokens_per_update
+        record = records.get(row["step"], {})
+        same = record.get("decay_start") == plan.budgets[row["index"]].decay_start
+        row["measured_train_loss"] = record.get("train_loss") if same else None
+        row["measured_heldout_loss"] = record.get("heldout_loss") if same else None
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{fit.law} law fitted to {log.source}: {len(fit.params)} parameters on {fit.points} logged losses up to "
+          f"update {fit.fit_until_step}" + ("" if fit.holdout_rms is None else
+                                           f"; held-out error of its last {forecast.HOLDOUT_FRACTION:.0%} "
+                                           f"{100 * fit.holdout_rms:.2f} % rms"))
+    print(_forecast_table(rows))
+    print(_scaling_line(run_dir, plan))
+    if args.plot:
+        measured = {r["step"]: r["measured_train_loss"] for r in rows if r["measured_train_loss"] is not None}
+        bands = forecast.forecast_plan(fit, plan, args.peak_lr)
+        from .plots import plot_forecast
+
+        path = plot_forecast(log, fit, plan, bands, args.plot, args.peak_lr, measured)
+        print(f"forecast plot written to {path}")
+    return 0
+
+
+def _forecast_table(rows: list[dict]) -> str:
+    from .plan import format_tokens
+
+    def loss(value):
+        return "-" if value is None else f"{value:.4f}"
+
+    header = (f"{'budget':<22} {'step':>7} {'tokens':>7}  {'final loss':>10} {'90% band':>15}  {'decay mean':>10} "
+              f"{'90% band':>15}  {'measured':>8}")
+    lines = [header]
+    for row in rows:
+        tokens = format_tokens(row["tokens"]) if row["tokens"] else "-"
+        lines.append(
+            f"{row['budget']:<22} {row['step']:>7} {tokens:>7}  {row['predicted_loss']:>10.4f} "
+            f"{row['low']:>7.4f}–{row['high']:<7.4f}  {row['predicted_decay_mean']:>10.4f} "
+            f"{row['decay_low']:>7.4f}–{row['decay_high']:<7.4f}  {loss(row['measured_train_loss']):>8}"
+        )
+    lines.append("final loss: of the budget's decayed weights; decay mean: the mean training loss over its decay "
+                 "updates, which `measured` (budget.json's train_loss) is")
+    return "\n".join(lines)
+
+
+def _scaling_line(run_dir, plan: BudgetPlan) -> str:
+    from . import forecast
+
+    if run_dir is None:
+        return "scaling fit L(D) = E + B·D^-β: needs an hf_wsd run directory with the decayed losses of ≥ 3 budgets."
+    try:
+        scaling, metric = forecast.run_scaling(run_dir)
+    except ValueError as error:
+        return f"scaling fit: {error}"
+    last = max(scaling.sizes)
+    per_update = plan.tokens_per_update if scaling.unit == "tokens" else 1
+    later = [b for b in plan.budgets if per_update and b.step * per_update > last]
+    size, where = (later[0].step * per_update, later[0].name) if later else (2 * last, "2× the last written budget")
+    return (f"scaling fit over {len(scaling.sizes)} budgets' {metric} vs {scaling.unit}: L(D) = {scaling.E:.4g} + "
+            f"{scaling.B:.4g}·D^-{scaling.beta:.3g}; at {where} ({size:.4g} {scaling.unit}): "
+            f"{scaling.predict(size):.4f}")
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -170,6 +263,20 @@ def main(argv: list[str] | None = None) -> int:
     plan = commands.add_parser("plan", help="print the phase table of a budget plan (and plot it)")
     _add_plan_arguments(plan)
     plan.set_defaults(run=_plan)
+    forecast = commands.add_parser("forecast", help="fit a loss law to a run's log and forecast each budget of a plan")
+    forecast.add_argument("run_or_log", metavar="RUN_OR_LOG",
+                          help="an hf_wsd run directory, a trainer_state.json, a wsd_log.jsonl or a CSV "
+                               "(step, learning_rate, loss)")
+    _add_plan_arguments(forecast, budgets_required=False)
+    for action in forecast._actions:  # the shared options mean something else here
+        if action.dest == "peak_lr":
+            action.help = "peak LR of the forecast plan (default: the log's)"
+        elif action.dest == "plot":
+            action.help = "write the log, the fitted law, its forecast and the budgets' bands to this PNG file"
+    forecast.add_argument("--law", default="auto", choices=("auto", "mpl", "momentum"),
+                          help="auto: the law with the lower error on the held-out end of the log")
+    forecast.add_argument("--json", action="store_true", help="print the forecasts as a JSON list")
+    forecast.set_defaults(run=_forecast)
     push = commands.add_parser("push", help="publish the budgets of OUTPUT_DIR that the ledger lacks")
     push.add_argument("output_dir")
     push.add_argument("--repo", help="Hub repo id (default: the one recorded in the ledger)")

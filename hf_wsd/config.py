@@ -89,6 +89,10 @@ class WSDArguments:
             `AutoModelForCausalLM`; holds a second copy of the model in memory while it is written).
 
     Parameters that control the run:
+        budget_forecast (`bool`, *optional*, defaults to `True`):
+            Fit a loss-vs-schedule law to the run's log up to each budget's decay start, predict the budget's training
+            loss (`forecast.json` in the folder) and show it against the measured loss in the card (`hf-wsd forecast`
+            does the same for any plan).
         log_throughput (`bool`, *optional*, defaults to `True`):
             Log tokens/s (global and per device), TFLOP/s per device and MFU (percent of the device's dense peak,
             FLOPs per token from the architecture: 6·N + 12·L·H·Q·T) with every training loss, and summarise them per
@@ -184,6 +188,11 @@ class WSDArguments:
     save_merged_budgets: bool = field(
         default=False,
         metadata={"help": "Also save each budget with the adapter merged in, in {budget}/merged/."},
+    )
+    budget_forecast: bool = field(
+        default=True,
+        metadata={"help": "Forecast each budget's training loss from the run's own log before its decay (a loss law, "
+                          "hf_wsd/forecast.py) and show it against the measured loss in the card."},
     )
     log_throughput: bool = field(
         default=True,

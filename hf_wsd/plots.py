@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .plan import BudgetPlan
+
+if TYPE_CHECKING:
+    from .forecast import BudgetForecast, LawFit
+    from .forecast_logs import TrainingLog
 
 
 def _pyplot():
@@ -117,6 +121,81 @@ def plot_panels(
     axes[-1, 0].set_xlabel(xlabel)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------ loss forecasts (hf-wsd forecast)
+def plot_forecast(
+    log: TrainingLog,
+    fit: LawFit,
+    plan: BudgetPlan,
+    forecasts: Sequence[BudgetForecast],
+    path: str | Path,
+    peak_lr: float | None = None,
+    measured: dict[int, float] | None = None,
+) -> Path:
+    """The log, the law fitted to it, its continuation over ``plan`` (WSD branches dotted) and, per budget, the
+    predicted decay-mean loss with its 90 % band at the decay's middle; ``measured``: {step: decay-mean loss}.
+    """
+    import numpy as np
+
+    from .forecast import budget_lr
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=110)
+    for curve in log.curves:
+        label = "logged loss" if curve.branch is None else "logged (WSD branches)" if curve.branch == 0 else "_"
+        ax.plot(curve.end, curve.loss, ".", ms=2, alpha=0.35, color="C0" if curve.branch is None else "C2", label=label)
+    peak = fit.lr_scale if peak_lr is None else peak_lr
+    until = fit.fit_until_step
+    main = budget_lr(plan, plan.budgets[-1], peak)
+    first_peak = int(np.argmax(main >= main.max() * (1 - 1e-9)))  # the laws describe training after warmup
+    for steps, style, label in (
+        (np.arange(max(first_peak, 1), until + 1), "-", f"{fit.law} fit"),
+        (np.arange(until, len(main) + 1), "--", "forecast"),
+    ):
+        ax.plot(steps, fit.predict(main, steps), style, color="C1", lw=1.1, label=label)
+    for budget in (b for b in plan.budgets if b.branch):
+        window = np.arange(budget.decay_start, budget.step + 1)
+        ax.plot(window, fit.predict(budget_lr(plan, budget, peak), window), ":", color="C1", lw=1, label="_")
+    if forecasts:
+        middle = [(plan.budgets[f.index].decay_start + f.step) / 2 for f in forecasts]
+        ax.errorbar(
+            middle,
+            [f.predicted_decay_mean for f in forecasts],
+            yerr=[
+                [f.predicted_decay_mean - f.decay_low for f in forecasts],
+                [f.decay_high - f.predicted_decay_mean for f in forecasts],
+            ],
+            fmt="o",
+            color="C3",
+            ms=3,
+            capsize=3,
+            label="decay-mean forecast, 90 % band",
+        )
+    if measured:
+        xs = [(b.decay_start + b.step) / 2 for b in plan.budgets if b.step in measured]
+        ax.plot(
+            xs,
+            [measured[b.step] for b in plan.budgets if b.step in measured],
+            "x",
+            color="k",
+            ms=5,
+            label="measured decay mean",
+        )
+    for budget in plan.budgets:
+        ax.axvline(budget.step, color="grey", lw=0.5, ls=":")
+    ax.axvline(until, color="C1", lw=0.6, ls="-.")
+    losses = np.concatenate([c.loss for c in log.curves])
+    low = min([float(np.quantile(losses, 0.005))] + [f.decay_low for f in forecasts])
+    ax.set_ylim(low * 0.98, float(np.quantile(losses[len(losses) // 10 :], 0.99)) * 1.02)
+    ax.set_xlabel("optimizer update")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{plan.schedule}: {fit.law} law fitted up to update {until} (dash-dot), forecast beyond", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="upper right", ncol=2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -36,6 +36,7 @@ REQUESTS_DIR = "wsd_requests"  # one JSON file per pending `hf-wsd budget` reque
 BUDGETS_DIR = "budgets"
 BUDGET_FILE = "budget.json"
 EVAL_FILE = "eval_results.json"
+FORECAST_FILE = "forecast.json"  # the loss this budget was forecast to reach, before its decay (hf_wsd/forecast.py)
 CARD_FILE = "README.md"
 LR_SCHEDULE_IMAGE = "lr_schedule.png"
 LOSS_CURVE_IMAGE = "loss_curve.png"

@@ -30,7 +30,7 @@ def budget_subscribers(trainer: "Trainer") -> list["TrainerCallback"]:
             eval_limit=args.eval_limit,
             eval_batch_size=args.lm_eval_batch_size,
         ))
-    found.append(BudgetCard())
+    found.append(BudgetCard(forecast=args.budget_forecast))
     if args.push_to_hub:
         from .publishing import HubPublisher
 

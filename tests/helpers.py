@@ -72,7 +72,7 @@ def tiny_config(output_dir, budgets, schedule="wsd-s", **overrides):
     settings = dict(
         output_dir=str(output_dir), budgets=[str(b) for b in budgets], schedule=schedule, warmup_steps=4,
         learning_rate=1e-2, per_device_train_batch_size=4, logging_steps=1, save_steps=1000, report_to="none",
-        budget_eval=False, use_cpu=True, disable_tqdm=True, seed=0,
+        budget_eval=False, use_cpu=True, disable_tqdm=True, seed=0, budget_forecast=False,
     )
     settings.update(overrides)
     return WSDConfig(**settings)

@@ -120,3 +120,14 @@ def test_a_local_base_model_stays_out_of_the_metadata(fake_budget_dirs):
 def test_card_without_budget_json_says_what_to_write_first(tmp_path):
     with pytest.raises(FileNotFoundError, match="budget.json does not exist"):
         write_model_card(tmp_path)
+
+
+def test_the_forecast_made_before_the_decay_is_shown_against_the_measured_loss(fake_budget_dirs):
+    folder = fake_budget_dirs[1]  # train_loss 3.5
+    forecast = {"predicted_decay_mean": 3.6, "decay_low": 3.4, "decay_high": 3.8, "law": "momentum",
+                "fit_until_step": 180}
+    (folder / "forecast.json").write_text(json.dumps(forecast))
+    text = ModelCard.load(write_model_card(folder, repo_id=REPO)).text
+    assert "| training loss forecast before the decay | 3.6000 (90 % band 3.4000–3.8000, momentum law fitted up to " \
+           "update 180); measured 3.5000 (-2.9 %) |" in text
+    assert "forecast" not in ModelCard.load(write_model_card(fake_budget_dirs[0], repo_id=REPO)).text.lower()
