@@ -20,4 +20,4 @@ if __name__ == "__main__":
         summary = continual_sft.main(sys.argv[1:])
         if summary is not None:
             print(format_summary(budget_table(summary["output_dir"])))
-            print("\n" + continual.format_report(summary))
+            print("\n" + continual.format_report(summary, title="Continual SFT"))
