@@ -1,7 +1,7 @@
 """hf_wsd: warmup-stable-decay pretraining for the Hugging Face stack.
 
 Light names (the plan, the scheduler) import at once; trainer-side names import lazily, since loading
-``transformers.Trainer`` takes seconds.
+``transformers.Trainer`` takes seconds. ``WSDSFTConfig`` / ``WSDSFTTrainer`` need TRL (``pip install 'hf_wsd[trl]'``).
 """
 
 from .plan import Budget, BudgetPlan, Phase, budget_name, format_tokens, parse_quantity
@@ -15,9 +15,18 @@ _LAZY = {
     "BudgetCallback": "events",
     "WSDConfig": "config",
     "WSDTrainer": "trainer",
+    "WSDMixin": "trainer",
+    "wsd_config_class": "config",
+    "register": "registry",
+    "WSDSFTConfig": "integrations.trl",
+    "WSDSFTTrainer": "integrations.trl",
 }
 
-__all__ = ["Budget", "BudgetPlan", "Phase", "budget_name", "format_tokens", "parse_quantity", *_LAZY]
+_OPTIONAL = ("WSDSFTConfig", "WSDSFTTrainer")  # need an extra: left out of `import *`
+__all__ = [
+    "Budget", "BudgetPlan", "Phase", "budget_name", "format_tokens", "parse_quantity",
+    *(name for name in _LAZY if name not in _OPTIONAL),
+]
 
 
 def __getattr__(name: str):

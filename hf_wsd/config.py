@@ -7,6 +7,7 @@ for another config class (e.g. TRL's ``SFTConfig``) to pair with :class:`~hf_wsd
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -316,9 +317,27 @@ def wsd_config_class(base: type) -> type:
         return base
     if base not in _COMBINED:
         name = f"WSD{base.__name__}"
-        namespace = {"__module__": __name__, "__doc__": WSDArguments.__doc__}
+        # Built at run time, the class is no attribute of a module, so pickle (``training_args.bin`` in every
+        # checkpoint) could not find it by name: instances pickle as "rebuild the class for ``base``" instead.
+        namespace = {
+            "__module__": __name__, "__doc__": WSDArguments.__doc__, "__reduce__": _reduce_combined, "_wsd_base": base,
+        }
         _COMBINED[base] = dataclass(type(name, (WSDArguments, base), namespace))
     return _COMBINED[base]
+
+
+def _reduce_combined(config):
+    cls = type(config)
+    if _COMBINED.get(cls._wsd_base) is cls:
+        return _rebuild_combined, (cls._wsd_base, config.__getstate__())
+    return copyreg.__newobj__, (cls,), config.__getstate__()  # a user's subclass: pickled by name as usual
+
+
+def _rebuild_combined(base: type, state: dict):
+    cls = wsd_config_class(base)
+    config = cls.__new__(cls)
+    config.__dict__.update(state)
+    return config
 
 
 _COMBINED: dict[type, type] = {TrainingArguments: WSDConfig}

@@ -218,6 +218,50 @@ def text_model(seed: int = 0, dropout: float = 0.0):
     return tiny_model(seed, tokenizer=tiny_lm_data().tokenizer, dropout=dropout)
 
 
+# ----------------------------------------------------------------------------------------------- SFT (TRL)
+@functools.lru_cache(maxsize=1)
+def tiny_sft_rows() -> tuple[list[dict], list[dict]]:
+    """KJV verse pairs (prompt/completion): the first 64 of the training chapters, 16 of the held-out chapters."""
+    from hf_wsd.data.instructions import kjv_verse_split
+
+    train, heldout = kjv_verse_split(0.05, 0)
+    return train[:64], heldout[:16]
+
+
+def tiny_sft_config(output_dir, budgets, schedule="wsd-s", **overrides):
+    """:func:`tiny_config`'s settings as a ``WSDSFTConfig`` (TRL's bf16 and gradient checkpointing off, 64-token
+    rows, decays of a quarter)."""
+    from hf_wsd.integrations.trl import WSDSFTConfig
+
+    settings = dict(
+        output_dir=str(output_dir), budgets=[str(b) for b in budgets], schedule=schedule, warmup_steps=2,
+        decay_fraction=0.25, learning_rate=1e-2, per_device_train_batch_size=4, per_device_eval_batch_size=8,
+        logging_steps=1,
+        save_steps=1000, report_to="none", budget_eval=False, use_cpu=True, disable_tqdm=True, seed=0, bf16=False,
+        gradient_checkpointing=False, max_length=64,
+    )
+    settings.update(overrides)
+    return WSDSFTConfig(**settings)
+
+
+def tiny_sft_trainer(output_dir, budgets, schedule="wsd-s", eval_dataset=None, **overrides):
+    """``WSDSFTTrainer`` on :func:`text_model` and :func:`tiny_sft_rows` (held-out pairs + KJV blocks to evaluate)."""
+    from datasets import Dataset
+
+    from hf_wsd.integrations.trl import WSDSFTTrainer
+
+    from hf_wsd.scripts.continual_sft import as_token_lists
+
+    train, heldout = tiny_sft_rows()
+    if eval_dataset is None:
+        upstream = as_token_lists(tiny_lm_data().heldout.select(range(8)))
+        eval_dataset = {"downstream": Dataset.from_list(heldout), "upstream": upstream}
+    return WSDSFTTrainer(
+        model=text_model(), args=tiny_sft_config(output_dir, budgets, schedule, **overrides),
+        train_dataset=Dataset.from_list(train), eval_dataset=eval_dataset, processing_class=tiny_tokenizer(),
+    )
+
+
 # ----------------------------------------------------------------------------------------------- stand-ins
 def fake_args(output_dir, **fields):
     """The few config fields subscribers read (building real ``TrainingArguments`` is slow)."""

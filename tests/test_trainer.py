@@ -60,6 +60,12 @@ def test_wsd_branches_leave_the_main_branch_untouched(reference_runs):
         assert_bitwise_equal(weights(branched, step), weights(reference_runs("wsd", (step,)), step))
 
 
+def test_a_wsd_branch_of_one_update_leaves_the_main_branch_untouched(reference_runs):
+    # Budget 6 decays for round(0.1 × 6) = 1 update: the branch ends back at the step it left from.
+    branched = reference_runs("wsd", (6, 12))
+    assert_bitwise_equal(weights(branched, 12), weights(reference_runs("wsd", (12,)), 12))
+
+
 @pytest.mark.parametrize(
     ("schedule", "kill_at"),
     [("wsd-s", 38), ("wsd", 39)],  # inside budget 40's decay window / inside the branch of budget 40

