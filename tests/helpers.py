@@ -86,8 +86,28 @@ def tiny_trainer(output_dir, budgets, schedule="wsd-s", callbacks=None, model=No
                       train_dataset=train_dataset if train_dataset is not None else tiny_data(), callbacks=callbacks)
 
 
-def tiny_run(output_dir, budgets, schedule="wsd-s", callbacks=(), evaluate=False, push: str | None = None, **overrides):
-    """:func:`tiny_trainer` with held-out evaluation of every budget and publishing to ``push`` when asked."""
+class CountingCollator:
+    """The trainer's default collator, counting the rows it collates (a re-read batch would be collated again)."""
+
+    def __init__(self):
+        from hf_wsd.data import BlockCollator
+
+        self.collate, self.rows = BlockCollator(), 0
+
+    def __call__(self, rows):
+        self.rows += len(rows)
+        return self.collate(rows)
+
+
+def tiny_stream(n: int = 96, shards: int = 3):
+    """:func:`tiny_data` as a ``datasets.IterableDataset`` of ``shards`` shards (3: not a multiple of 2 ranks)."""
+    return tiny_data(n).to_iterable_dataset(num_shards=shards)
+
+
+def tiny_run(output_dir, budgets, schedule="wsd-s", callbacks=(), evaluate=False, push: str | None = None,
+             streaming: bool = False, **overrides):
+    """:func:`tiny_trainer` with held-out evaluation of every budget, publishing to ``push``, and a streamed
+    training set (:func:`tiny_stream`, rows collated by a :class:`CountingCollator`) when asked."""
     settings = dict(overrides)
     if evaluate:
         settings.update(budget_eval=True, per_device_eval_batch_size=4)
@@ -96,8 +116,9 @@ def tiny_run(output_dir, budgets, schedule="wsd-s", callbacks=(), evaluate=False
     from hf_wsd import WSDTrainer
 
     args = tiny_config(output_dir, budgets, schedule, **settings)
-    return WSDTrainer(model=tiny_model(), args=args, train_dataset=tiny_data(), callbacks=list(callbacks),
-                      eval_dataset=tiny_data(n=8, seed=1) if evaluate else None)
+    return WSDTrainer(model=tiny_model(), args=args, train_dataset=tiny_stream() if streaming else tiny_data(),
+                      callbacks=list(callbacks), eval_dataset=tiny_data(n=8, seed=1) if evaluate else None,
+                      data_collator=CountingCollator())
 
 
 def budget_dirs(output_dir) -> dict[int, Path]:
@@ -460,6 +481,7 @@ if __name__ == "__main__":
     parser.add_argument("--request-at", nargs=2, metavar=("STEP", "VALUE"), help="add budget VALUE after update STEP")
     parser.add_argument("--wait-at", nargs=2, metavar=("STEP", "FLAG"), help="after update STEP, wait for FLAG")
     parser.add_argument("--per-device-batch", type=int, default=4)
+    parser.add_argument("--streaming", action="store_true", help="train on tiny_stream() instead of tiny_data()")
     cli = parser.parse_args()
     callbacks = [KillAt(cli.kill_at)] if cli.kill_at is not None else []
     if cli.kill_on_budget is not None:
@@ -468,7 +490,7 @@ if __name__ == "__main__":
         callbacks.append(RequestAt(int(cli.request_at[0]), cli.output_dir, cli.request_at[1]))
     if cli.wait_at:
         callbacks.append(WaitAt(int(cli.wait_at[0]), cli.wait_at[1]))
-    trainer = tiny_run(cli.output_dir, cli.budgets, cli.schedule, callbacks, cli.eval, cli.push,
+    trainer = tiny_run(cli.output_dir, cli.budgets, cli.schedule, callbacks, cli.eval, cli.push, cli.streaming,
                        save_steps=cli.save_steps, branch_restore=cli.branch_restore,
                        per_device_train_batch_size=cli.per_device_batch)
     trainer.train(resume_from_checkpoint=True if cli.resume else None)

@@ -23,6 +23,7 @@ same global batch.
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any, Callable, Iterator
 
@@ -82,6 +83,7 @@ class StreamSource:
         )
         self.epoch, self.consumed = 0, 0
         self._iterator: Iterator | None = None
+        self._loaded: dict | None = None  # a state loaded and not yet read past (see state_dict)
 
     def _next(self) -> dict:
         if self._iterator is None:
@@ -90,6 +92,7 @@ class StreamSource:
             try:
                 example = next(self._iterator)
                 self.consumed += 1
+                self._loaded = None
                 return example
             except StopIteration:  # the next pass over the stream (reshuffled if the dataset shuffles)
                 self.epoch += 1
@@ -102,6 +105,9 @@ class StreamSource:
         return [self._next() for _ in range(n)]
 
     def state_dict(self) -> dict:
+        if self._loaded is not None:
+            # A datasets stream reports a loaded state only once it iterates again: until then, the loaded one.
+            return copy.deepcopy(self._loaded)
         state: dict[str, Any] = {"epoch": self.epoch, "consumed": self.consumed}
         if self.stateful:
             state["dataset"] = self.dataset.state_dict()
@@ -109,6 +115,7 @@ class StreamSource:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.consumed = state["epoch"], state["consumed"]
+        self._loaded = copy.deepcopy(state)
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)
         if self.stateful:
