@@ -29,10 +29,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_wsd import BudgetCallback, WSDConfig, WSDTrainer
 
-SEQ, BATCH, VOCAB = 128, 4, 8192
-SIZES = {  # hidden, layers, heads → about 5M and 50M parameters with an 8192-token vocabulary
-    "5M": (128, 4, 4),
-    "50M": (512, 8, 8),
+SEQ, BATCH = 128, 4
+SIZES = {  # hidden, layers, heads, vocabulary
+    "5M": (128, 4, 4, 8192),
+    "50M": (512, 12, 8, 8192),
+    "124M": (768, 12, 12, 49152),  # recipes/llama-124m (the GPU check)
 }
 
 
@@ -69,43 +70,46 @@ class SwitchTimer(BudgetCallback):
 
 
 def model(size: str) -> LlamaForCausalLM:
-    hidden, layers, heads = SIZES[size]
+    hidden, layers, heads, vocab = SIZES[size]
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=hidden * 8 // 3,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                          max_position_embeddings=SEQ)
     return LlamaForCausalLM(config)
 
 
-def run(size: str, mode: str, budget: int, train: Dataset) -> SwitchTimer:
+def run(size: str, mode: str, budget: int, train: Dataset, cuda: bool = False) -> SwitchTimer:
     timer = SwitchTimer()
     with tempfile.TemporaryDirectory() as out:
         args = WSDConfig(
             output_dir=out, budgets=[str(budget // 2), str(budget)], schedule="wsd", decay_fraction=0.1, warmup_steps=2,
             learning_rate=1e-3, per_device_train_batch_size=BATCH, logging_steps=10, save_steps=10**6, report_to="none",
-            budget_eval=False, use_cpu=True, disable_tqdm=True, seed=0, branch_restore=mode, log_throughput=False,
+            budget_eval=False, use_cpu=not cuda, bf16=cuda, disable_tqdm=True, seed=0, branch_restore=mode,
+            log_throughput=False,
         )
         WSDTrainer(model=model(size), args=args, train_dataset=train, callbacks=[timer]).train()
     return timer
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=["5M", "50M"], choices=list(SIZES))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--budget", type=int, default=100, help="the last budget; the branch decays 10%% of half of it")
-    cli = parser.parse_args()
-    ids = torch.randint(0, VOCAB, (512, SEQ), generator=torch.Generator().manual_seed(0)).tolist()
+    parser.add_argument("--cuda", action="store_true", help="train on the GPU in bf16")
+    cli = parser.parse_args(argv)
+    ids = torch.randint(0, 8192, (512, SEQ), generator=torch.Generator().manual_seed(0)).tolist()
     train = Dataset.from_dict({"input_ids": ids})
+    where = torch.cuda.get_device_name() if cli.cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"WSD budgets [{cli.budget // 2}, {cli.budget}], one branch of {round(0.1 * cli.budget / 2)} updates, "
-          f"batch {BATCH}×{SEQ}, CPU ({torch.get_num_threads()} threads), {cli.rounds} interleaved rounds")
+          f"batch {BATCH}×{SEQ}, {where}, {cli.rounds} interleaved rounds")
     print(f"{'size':<5} {'mode':<11} {'params':>8} {'switch out s':>13} {'switch back s':>14} {'branch s':>9} "
           f"{'switch / branch':>16} {'switch / 10%-of-budget branch':>30}")
     for size in cli.sizes:
         results: dict[str, list[SwitchTimer]] = {"device": [], "checkpoint": []}
         for round_ in range(cli.rounds):
             for mode in (["device", "checkpoint"] if round_ % 2 == 0 else ["checkpoint", "device"]):
-                results[mode].append(run(size, mode, cli.budget, train))
+                results[mode].append(run(size, mode, cli.budget, train, cli.cuda))
         params = sum(p.numel() for p in model(size).parameters())
         for mode, timers in results.items():
             out = statistics.median(t.out[0] for t in timers)

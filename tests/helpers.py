@@ -482,6 +482,7 @@ if __name__ == "__main__":
     parser.add_argument("--wait-at", nargs=2, metavar=("STEP", "FLAG"), help="after update STEP, wait for FLAG")
     parser.add_argument("--per-device-batch", type=int, default=4)
     parser.add_argument("--streaming", action="store_true", help="train on tiny_stream() instead of tiny_data()")
+    parser.add_argument("--gpu", action="store_true", help="train on the GPU (bf16), not the CPU")
     cli = parser.parse_args()
     callbacks = [KillAt(cli.kill_at)] if cli.kill_at is not None else []
     if cli.kill_on_budget is not None:
@@ -492,5 +493,6 @@ if __name__ == "__main__":
         callbacks.append(WaitAt(int(cli.wait_at[0]), cli.wait_at[1]))
     trainer = tiny_run(cli.output_dir, cli.budgets, cli.schedule, callbacks, cli.eval, cli.push, cli.streaming,
                        save_steps=cli.save_steps, branch_restore=cli.branch_restore,
-                       per_device_train_batch_size=cli.per_device_batch)
+                       per_device_train_batch_size=cli.per_device_batch,
+                       **({"use_cpu": False, "bf16": True} if cli.gpu else {}))
     trainer.train(resume_from_checkpoint=True if cli.resume else None)
