@@ -3,7 +3,7 @@ tokenizer, stand-ins for the trainer side of budget events, fake budget folders 
 
 Run as a script it is the tiny WSD run that the kill-and-resume tests SIGKILL:
 
-    python tests/helpers.py OUTPUT_DIR --budgets 20 40 --schedule wsd [--kill-at 19] [--resume]
+    python tests/helpers.py OUTPUT_DIR --budgets 20 40 --schedule wsd [--kill-at 19] [--ema-beta 0.9] [--resume]
 """
 
 from __future__ import annotations
@@ -346,9 +346,10 @@ if __name__ == "__main__":
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--save-steps", type=int, default=1000)
     parser.add_argument("--branch-restore", default="auto")
+    parser.add_argument("--ema-beta", type=float)
     parser.add_argument("--resume", action="store_true")
     cli = parser.parse_args()
     callbacks = [KillAt(cli.kill_at)] if cli.kill_at is not None else None
     trainer = tiny_trainer(cli.output_dir, cli.budgets, cli.schedule, callbacks=callbacks, save_steps=cli.save_steps,
-                           branch_restore=cli.branch_restore)
+                           branch_restore=cli.branch_restore, ema_beta=cli.ema_beta)
     trainer.train(resume_from_checkpoint=True if cli.resume else None)
