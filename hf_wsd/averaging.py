@@ -149,6 +149,11 @@ class ExponentialAverage:
         parameters = self._parameters(model)
         with torch.no_grad():
             if self.count == 0 or not self.average:
+                if any(r.start < update for r in self._stable if len(r)):
+                    logger.warning(
+                        "starting a fresh EMA at update %d: earlier stable-phase updates were not averaged (the run "
+                        "was resumed from a checkpoint without one, e.g. ema_beta was set on resume)", update,
+                    )
                 self.average = {n: p.detach().to(self._target(p), torch.float32, copy=True) for n, p in parameters}
             else:
                 self._check_names(parameters)

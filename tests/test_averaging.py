@@ -185,6 +185,15 @@ def test_preview_steps_choose_where_previews_are_written(tmp_path):
     assert sorted(_previews(tmp_path)) == [10, 30]  # instead of one per checkpoint save (20 and 40)
 
 
+def test_ema_set_when_extending_a_run_starts_a_fresh_average_with_a_warning(tmp_path, caplog):
+    tiny_trainer(tmp_path, BUDGETS[:1], "wsd-s").train()
+    with caplog.at_level("WARNING", logger="hf_wsd.averaging"):
+        tiny_trainer(tmp_path, BUDGETS[:2], "wsd-s", ema_beta=BETA).train(resume_from_checkpoint=True)
+    assert "starting a fresh EMA at update 20" in caplog.text
+    record = json.loads((_previews(tmp_path)[40] / "budget.json").read_text())["preview"]
+    assert (record["first_update"], record["last_update"], record["updates"]) == (20, 37, 18)
+
+
 # ----------------------------------------------------------------------------------------------- publishing
 def test_previews_get_their_own_hub_branch_and_never_main(local_hub, tmp_path):
     from huggingface_hub import HfApi
@@ -221,3 +230,21 @@ def test_averaging_misconfigurations_are_named_errors(tmp_path, overrides, match
     settings = {"schedule": "wsd-s", **overrides}
     with pytest.raises(ValueError, match=match):
         tiny_config(tmp_path, BUDGETS, **settings)
+
+
+# ----------------------------------------------------------------------------------------------- DDP
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_keep_one_average_equal_to_one_process(tmp_path, small_corpus):
+    from test_multiprocess import LAUNCH_2, run_recipe
+
+    extra = ["--ema_beta", str(BETA)]
+    run_recipe(LAUNCH_2, tmp_path / "ddp", small_corpus, "wsd-s", 4, extra=extra)
+    run_recipe([sys.executable], tmp_path / "single", small_corpus, "wsd-s", 8, extra=extra)
+    assert sorted(_previews(tmp_path / "ddp")) == sorted(_previews(tmp_path / "single")) == [10, 20]
+    for step in (10, 20):
+        two, one = _preview_weights(tmp_path / "ddp", step), _preview_weights(tmp_path / "single", step)
+        for key in one:
+            assert torch.allclose(two[key], one[key], atol=1e-5, rtol=0), f"{step}/{key}"
+    state = tmp_path / "ddp" / "checkpoint-20" / "wsd_state"
+    assert sorted(p.name for p in state.iterdir()) == ["ema.pt"]  # one state for every rank (per_rank = False)
