@@ -152,6 +152,7 @@ def plot(rows: list[dict], path: Path, averages: list[dict] = ()) -> None:
     for ax in (left, right):
         ax.set_xscale("log")
         ax.set_xticks(steps, [str(s) for s in steps])
+        ax.minorticks_off()
         ax.set_xlabel("budget (optimizer updates)")
     left.set_ylabel("held-out loss")
     left.set_title("held-out loss at each budget")
@@ -165,8 +166,8 @@ def plot(rows: list[dict], path: Path, averages: list[dict] = ()) -> None:
     right.axhline(100, color="black", lw=0.6)
     right.axhline(0, color="grey", lw=0.6, ls=":")
     right.set_ylabel("% of the decay's gain recovered")
-    right.set_title("EMA preview: share of the decay's gain")
-    right.legend(frameon=False, fontsize=8)
+    right.set_title("share of the decay's gain an average recovers")
+    right.legend(frameon=False, fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -206,9 +206,9 @@ def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> di
         f"{position} of one `hf_wsd` training run."
     )
     schedule_description = _SCHEDULE_DESCRIPTIONS.get(schedule, f"Schedule `{schedule}`.")
-    if schedule == "wsd":
-        schedule_description += " This budget decayed " + ("on a side branch." if budget.get("branch") else "in-line.")
     preview = budget.get(runs.PREVIEW_KEY)
+    if schedule == "wsd" and not preview:
+        schedule_description += " This budget decayed " + ("on a side branch." if budget.get("branch") else "in-line.")
     if preview:  # an EMA preview (hf_wsd/averaging.py): no decay; the weights are an average
         position = f"EMA preview at update {step:,}"
         averaged = (
