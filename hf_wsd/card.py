@@ -19,7 +19,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 
 from . import runs
-from .events import BudgetCallback, BudgetReached
+from .events import BudgetCallback, BudgetReached, PreviewReached
 from .plan import format_tokens
 
 logger = logging.getLogger(__name__)
@@ -228,11 +228,39 @@ def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> di
         f"{position} of one `hf_wsd` training run."
     )
     schedule_description = _SCHEDULE_DESCRIPTIONS.get(schedule, f"Schedule `{schedule}`.")
-    if schedule == "wsd":
+    preview = budget.get(runs.PREVIEW_KEY)
+    if schedule == "wsd" and not preview:
         schedule_description += " This budget decayed " + ("on a side branch." if budget.get("branch") else "in-line.")
+    if preview:  # an EMA preview (hf_wsd/averaging.py): no decay; the weights are an average
+        position = f"EMA preview at update {step:,}"
+        averaged = (
+            f"exponential moving average, β = {preview['beta']:g}, of the weights after {preview['updates']:,} "
+            f"stable-phase updates ({preview['first_update']:,}–{preview['last_update']:,}, 0-based)"
+        )
+        summary = (
+            f"The {averaged} of the main branch of a `{schedule}` run, taken at update **{step:,}**{tokens_clause} "
+            "of one `hf_wsd` training run: a look at what a decay there might give, without paying for one."
+        )
+        decay_window = "none (no learning-rate decay: an average of the stable phase)"
+        if _finite(peak_lr):
+            learning_rate = f"peak {peak_lr:.3g} for every averaged update"
+        schedule_description += " Warmup, decay, rewarmup and WSD side-branch updates never enter the average."
+    load_note = (
+        f"Every budget of the run is a branch (`revision=\"{name}\"` here); `main` holds the newest budget."
+        if repo_id else
+        f"Not published yet: `hf-wsd push OUTPUT_DIR --repo ID` publishes this folder as branch `{name}`."
+    )
+    if preview:
+        load_note = (
+            f"This preview is branch `{name}`; `main` holds the newest decayed budget, never a preview." if repo_id else
+            "Previews are published (one branch each) with `preview_push_to_hub=True`; `hf-wsd push` publishes "
+            "decayed budgets only."
+        )
     return {
         "title": title,
         "summary": summary,
+        "preview": preview,
+        "averaged": averaged if preview else None,
         "name": name,
         "repo_id": repo_id,
         "position": position,
@@ -259,11 +287,7 @@ def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> di
         "has_tokenizer": any((budget_dir / f).is_file() for f in _TOKENIZER_FILES),
         "adapter": budget.get("adapter"),  # lean runs (hf_wsd/lean.py): an adapter-only budget
         "load_path": repo_id or f"budgets/{name}",
-        "load_note": (
-            f"Every budget of the run is a branch (`revision=\"{name}\"` here); `main` holds the newest budget."
-            if repo_id else
-            f"Not published yet: `hf-wsd push OUTPUT_DIR --repo ID` publishes this folder as branch `{name}`."
-        ),
+        "load_note": load_note,
         "schedule_description": schedule_description,
         "schedule": schedule,
         "decay_shape": decay_shape,
@@ -303,7 +327,7 @@ def render_model_card(
         model_name=model_name,
         library_name="peft" if budget.get("adapter") else "transformers",  # adapter-only budgets load with peft
         pipeline_tag="text-generation",
-        tags=["hf-wsd", budget.get("schedule") or "wsd-s"],
+        tags=["hf-wsd", budget.get("schedule") or "wsd-s", *(["ema-preview"] if runs.is_preview(budget) else [])],
         base_model=hub_id(budget.get("base_model")),
         eval_results=eval_card_results(runs.read_eval_results(budget_dir)) or None,
     )
@@ -348,11 +372,17 @@ class BudgetCard(BudgetCallback):
         self.forecast = forecast
 
     def on_budget_reached(self, args, state, control, *, event: BudgetReached, trainer=None, **kwargs) -> None:
+        self._render(args, state, Path(event.folder), event.budget, event.plan)
+
+    def on_preview_reached(self, args, state, control, *, event: PreviewReached, trainer=None, **kwargs) -> None:
+        """An EMA preview's card: the same plots, and the template's preview wording."""
+        self._render(args, state, Path(event.folder), event.preview, event.plan)
+
+    def _render(self, args, state, folder: Path, budget, plan) -> None:
         if not state.is_world_process_zero:
             return
         from .plots import plot_curves, plot_lr_schedule
 
-        folder, budget, plan = Path(event.folder), event.budget, event.plan
         lr_plot = folder.parent / runs.LR_SCHEDULE_IMAGE
         if self._lr_plot_plan != plan.to_dict() or not lr_plot.is_file():
             plot_lr_schedule(plan, lr_plot, args.learning_rate)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .averaging import AVERAGE_DEVICES, check_average_fields
 from .branching import BRANCH_RESTORES
 from .plan import BUDGET_UNITS, SCHEDULES, BudgetPlan
 from .schedules import DECAY_SHAPES
@@ -88,6 +89,21 @@ class WSDArguments:
         save_merged_budgets (`bool`, *optional*, defaults to `False`):
             Also write each budget's base weights with the adapter merged in to `{budget}/merged/` (loads with
             `AutoModelForCausalLM`; holds a second copy of the model in memory while it is written).
+
+    Parameters that control the EMA previews (see `hf_wsd/averaging.py` and docs/averaging.md):
+        ema_beta (`float` or `None`, *optional*, defaults to `None`):
+            Keep a bias-corrected exponential moving average of the main branch's weights over the stable-phase
+            updates (peak LR, after warmup; never a decay, rewarmup or WSD branch update), saved in every checkpoint,
+            and write EMA previews from it. In (0, 1): about the last 1/(1-β) averaged updates count. `None`: off.
+        ema_device (`str`, *optional*, defaults to `"device"`):
+            Where the average lives: `"device"` (next to the parameters: 4 bytes per parameter) or `"cpu"` (host
+            memory: one device-to-host copy of the weights per averaged update).
+        preview_steps (`list[int]` or `None`, *optional*, defaults to `None`):
+            Main-branch updates after which a preview `budgets/{step name}-ema/` is written (a `from_pretrained`
+            folder holding the average, evaluated and carded like a budget, labelled as a preview); `None`: at every
+            resumable checkpoint save of the main branch. A list replaces that default; `[]` writes none.
+        preview_push_to_hub (`bool`, *optional*, defaults to `False`):
+            Also publish each preview to its own Hub branch (its folder name); `main` never holds a preview.
 
     Parameters that control the run:
         budget_forecast (`bool`, *optional*, defaults to `True`):
@@ -218,6 +234,23 @@ class WSDArguments:
         metadata={"help": "Look for `hf-wsd budget` requests every this many updates (one broadcast each with several "
                           "processes)."},
     )
+    ema_beta: float | None = field(
+        default=None,
+        metadata={"help": "Keep an EMA of the stable-phase weights with this β in (0, 1) and write EMA previews."},
+    )
+    ema_device: str = field(
+        default="device",
+        metadata={"help": "Where the EMA lives: next to the parameters, or in host memory.",
+                  "choices": list(AVERAGE_DEVICES)},
+    )
+    preview_steps: list[int] | None = field(
+        default=None,
+        metadata={"help": "Updates that get an EMA preview folder; default: every resumable checkpoint save."},
+    )
+    preview_push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "Publish each EMA preview to its own Hub branch (main never holds one)."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start over in an output_dir that holds another run."},
@@ -251,6 +284,9 @@ class WSDArguments:
         ):
             raise ValueError(f"`budget_request_steps` must be an integer ≥ 1; got {self.budget_request_steps!r}.")
         self._check_adapter_fields()
+        if self.preview_steps is not None:
+            self.preview_steps = [int(s) if isinstance(s, str) and s.isdigit() else s for s in self.preview_steps]
+        check_average_fields(self, plan if self.budget_unit == "steps" else None)
         if self.max_steps == -1:
             self.max_steps = 1  # placeholder so TrainingArguments accepts the config; WSDTrainer sets the real value
         super().__post_init__()

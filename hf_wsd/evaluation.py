@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import runs
-from .events import BudgetCallback, BudgetReached
+from .events import BudgetCallback, BudgetReached, PreviewReached
 from .summary import write_summary
 from .tasks import BUNDLED_TASKS, build_bundled_tasks, validation
 from .tasks.validation import LOCAL_LOADERS, as_list, is_offline, validate_tasks
@@ -156,38 +156,46 @@ class BudgetEvaluator(BudgetCallback):
         return time.perf_counter() - self._train_start - self._eval_seconds
 
     def on_budget_reached(self, args, state, control, *, event: BudgetReached, trainer: "Trainer", **kwargs):
+        self._evaluate(args, state, trainer, event.budget, Path(event.folder), event.replayed, "budget")
+
+    def on_preview_reached(self, args, state, control, *, event: PreviewReached, trainer: "Trainer", **kwargs):
+        """An EMA preview is scored like a budget; its results say ``"preview": true`` and log as ``preview/...``."""
+        self._evaluate(args, state, trainer, event.preview, Path(event.folder), event.replayed, "preview")
+
+    def _evaluate(self, args, state, trainer: "Trainer", target, folder: Path, replayed: bool, kind: str) -> None:
+        """Score ``trainer.model`` as ``target``: a budget or a preview (``name``, ``step``, ``tokens``)."""
         if not self.enabled:
             return
         # A budget evaluated before the run was interrupted is not evaluated again (the main process decides:
         # every rank must take the same path through the collective held-out evaluation).
-        if event.replayed and _from_main(trainer, runs.read_eval_results(event.folder) is not None):
-            logger.info("%s was evaluated before this resume; not evaluating it again.", event.budget.name)
+        if replayed and _from_main(trainer, runs.read_eval_results(folder) is not None):
+            logger.info("%s was evaluated before this resume; not evaluating it again.", target.name)
             return
         start = time.perf_counter()
         results: list[dict] = []
         with preserved_training_state(trainer.model, getattr(trainer, "model_wrapped", None)):
             if self.heldout:
-                results += self._heldout_results(trainer)
+                results += self._heldout_results(trainer, prefix=kind)
             if self.eval_tasks:
                 results += self._lm_eval_results(args, state, trainer)
         seconds = time.perf_counter() - start
         self._eval_seconds += seconds
         train_seconds = max(self._train_seconds(), 1e-9)
-        budget = event.budget
         if state.is_world_process_zero:  # the card subscriber (hf_wsd.card.BudgetCard) shows them next
-            runs.write_json(Path(event.folder) / runs.EVAL_FILE, {
-                "budget": budget.name, "step": budget.step, "tokens": budget.tokens,
-                "lm_eval_version": _lm_eval_version(), "seconds": round(seconds, 3), "results": results,
-            })
-        logs = {"budget/step": float(budget.step)}
-        if budget.tokens is not None:
-            logs["budget/tokens"] = float(budget.tokens)
-        logs.update({f"budget/{r['task']}_{r['metric']}": r["value"] for r in results})
-        logs.update({"budget/eval_seconds": seconds, "budget/eval_share": self._eval_seconds / train_seconds})
+            record = {"budget": target.name, "step": target.step, "tokens": target.tokens,
+                      "lm_eval_version": _lm_eval_version(), "seconds": round(seconds, 3), "results": results}
+            if kind == "preview":
+                record[runs.PREVIEW_KEY] = True
+            runs.write_json(folder / runs.EVAL_FILE, record)
+        logs = {f"{kind}/step": float(target.step)}
+        if target.tokens is not None:
+            logs[f"{kind}/tokens"] = float(target.tokens)
+        logs.update({f"{kind}/{r['task']}_{r['metric']}": r["value"] for r in results})
+        logs.update({f"{kind}/eval_seconds": seconds, f"{kind}/eval_share": self._eval_seconds / train_seconds})
         trainer.log(logs)
         logger.info(
-            "Budget %s evaluated in %.1f s (evaluation so far: %.1f%% of training time): %s", budget.name, seconds,
-            100 * self._eval_seconds / train_seconds,
+            "%s %s evaluated in %.1f s (evaluation so far: %.1f%% of training time): %s", kind.capitalize(),
+            target.name, seconds, 100 * self._eval_seconds / train_seconds,
             ", ".join(f"{r['task']} {r['metric']} {r['value']:.4g}" for r in results),
         )
 
@@ -200,7 +208,7 @@ class BudgetEvaluator(BudgetCallback):
         write_summary(args.output_dir, timing=timing)
 
     # ------------------------------------------------------------------------------ held-out
-    def _heldout_results(self, trainer: "Trainer") -> list[dict]:
+    def _heldout_results(self, trainer: "Trainer", prefix: str = "budget") -> list[dict]:
         datasets = trainer.eval_dataset
         if datasets is None:
             logger.warning("`heldout` is on but the trainer has no eval_dataset; skipping the held-out loss.")
@@ -209,11 +217,11 @@ class BudgetEvaluator(BudgetCallback):
         results = []
         for key, dataset in named:
             task = f"heldout_{key}" if key else "heldout"
-            metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=f"budget_{task}")
-            if f"budget_{task}_loss" not in metrics:  # no batch was scored (an empty or dropped held-out set)
+            metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=f"{prefix}_{task}")
+            if f"{prefix}_{task}_loss" not in metrics:  # no batch was scored (an empty or dropped held-out set)
                 logger.warning("no held-out loss for %s: its dataloader yielded no batch", task)
                 continue
-            loss = float(metrics[f"budget_{task}_loss"])
+            loss = float(metrics[f"{prefix}_{task}_loss"])
             for metric, value in (("loss", loss), ("perplexity", math.exp(min(loss, 700.0)))):
                 results.append({"task": task, "task_type": "text-generation",
                                 "dataset_name": self.heldout_name + (f" ({key})" if key else ""),

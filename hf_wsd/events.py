@@ -2,6 +2,8 @@
 
 A subscriber is any ``TrainerCallback`` with an ``on_budget_reached`` method (subclass :class:`BudgetCallback`
 for the signature); WSD side branches also announce themselves (``on_branch_begin`` / ``on_branch_end``).
+EMA previews (``ema_beta``, :mod:`hf_wsd.averaging`) fire their own event, ``on_preview_reached``
+(:class:`PreviewReached`), so a subscriber of budgets never receives a preview unless it asks for them.
 The trainer calls every subscriber on every process, in order of :attr:`BudgetCallback.priority` (highest
 first; plain callbacks count as 0), right after the budget's folder is complete on disk, so the trainer
 never needs to know what its subscribers do.
@@ -20,6 +22,8 @@ from .plan import Budget, BudgetPlan
 if TYPE_CHECKING:
     from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 
+    from .averaging import Preview
+
 
 @dataclass(frozen=True)
 class BudgetReached:
@@ -30,6 +34,21 @@ class BudgetReached:
     """
 
     budget: Budget
+    folder: Path
+    plan: BudgetPlan
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class PreviewReached:
+    """An EMA preview exists — a preview, not a decayed budget: ``folder`` (``from_pretrained``-ready) holds the
+    average of the main branch's stable-phase weights after ``preview.step`` updates (see :mod:`hf_wsd.averaging`).
+
+    While subscribers run, the model holds the average (the live weights come back afterwards). ``replayed``: the
+    folder was written before an interruption; a subscriber does only the work it has not done yet.
+    """
+
+    preview: "Preview"
     folder: Path
     plan: BudgetPlan
     replayed: bool = False
@@ -55,6 +74,9 @@ class BudgetCallback(TrainerCallback):
         **kwargs,
     ) -> None:
         pass
+
+    def on_preview_reached(self, args, state, control, *, event: PreviewReached, trainer: "Trainer", **kwargs) -> None:
+        """An EMA preview folder is complete (only with ``ema_beta``); ``trainer.model`` holds the average now."""
 
     def on_branch_begin(self, args, state, control, *, budget: Budget, trainer: "Trainer", **kwargs) -> None:
         """A WSD side branch for ``budget`` starts at the current step (the main branch is kept aside)."""

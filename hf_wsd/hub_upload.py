@@ -236,10 +236,15 @@ class BudgetUploader:
         return commit
 
     def update_main(self, folder: Path, ledger: Ledger | None = None) -> str | None:
-        """Make ``main`` hold ``folder`` unless it holds a newer budget of the same run; returns the commit or None."""
+        """Make ``main`` hold ``folder`` unless it holds a newer budget of the same run; returns the commit or None.
+
+        ``main`` never holds an EMA preview: for a preview folder this does nothing and returns None.
+        """
         folder = Path(folder)
         record = runs.read_budget(folder)
         name = record["name"]
+        if runs.is_preview(record):
+            return None
 
         def attempt() -> str | None:
             self.ensure_repo()

@@ -66,6 +66,8 @@ class LiveRun(TrainerCallback):
         trainer.args.max_steps = plan.total_steps
         if isinstance(trainer.lr_scheduler, BudgetPlanLR):
             trainer.lr_scheduler.set_plan(plan)
+        if getattr(trainer, "ema", None) is not None:
+            trainer.ema.set_plan(plan)
         if step is None:
             return
         trainer.state.max_steps = plan.total_steps

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from huggingface_hub.utils import tqdm
 
 from . import runs
-from .events import BudgetCallback, BudgetReached
+from .events import BudgetCallback, BudgetReached, PreviewReached
 from .hub_upload import (
     DEFAULT_BACKOFF,
     DEFAULT_MAX_BACKOFF,
@@ -143,6 +143,8 @@ class HubPublisher(BudgetCallback):
         backoff: seconds before the first retry, doubling each retry up to ``max_backoff``.
         output_dir: the run's output directory: its ledger is read now (a damaged one is an error before
             training) and resumed from at every start of training. Default: set by the first budget.
+        previews: also publish EMA previews (``preview_push_to_hub``), each to the branch named after its folder;
+            ``main`` never holds one. Off: previews stay local.
     """
 
     priority = -200  # last: the folder is final (evaluated, carded) when it is queued
@@ -158,7 +160,9 @@ class HubPublisher(BudgetCallback):
         max_retries: int = DEFAULT_MAX_RETRIES,
         backoff: float = DEFAULT_BACKOFF,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
+        previews: bool = False,
     ):
+        self.previews = previews
         self.uploader = BudgetUploader(
             repo_id, token, private,
             endpoint=endpoint, max_retries=max_retries, backoff=backoff, max_backoff=max_backoff,
@@ -185,6 +189,7 @@ class HubPublisher(BudgetCallback):
         ``hub_private_repo``; ``kwargs`` go to the constructor (``max_retries``, ``backoff``, ``endpoint``)."""
         repo_id = getattr(args, "hub_model_id", None) or Path(args.output_dir).absolute().name
         token, private = getattr(args, "hub_token", None), getattr(args, "hub_private_repo", None)
+        kwargs.setdefault("previews", bool(getattr(args, "preview_push_to_hub", False)))
         return cls(repo_id, token=token, private=private, output_dir=args.output_dir, **kwargs)
 
     @property
@@ -205,6 +210,10 @@ class HubPublisher(BudgetCallback):
         if getattr(state, "is_world_process_zero", True):
             self.submit(event.folder)
 
+    def on_preview_reached(self, args, state, control, *, event: PreviewReached, trainer=None, **kwargs) -> None:
+        if self.previews and getattr(state, "is_world_process_zero", True):
+            self.submit(event.folder)
+
     def on_train_begin(self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs):
         if getattr(state, "is_world_process_zero", True) and self._output_dir is not None:
             for folder in self.pending():
@@ -216,18 +225,22 @@ class HubPublisher(BudgetCallback):
             self.wait()
 
     def pending(self) -> list[Path]:
-        """This run's budget folders the ledger lacks, by step; or the newest one if ``main`` does not hold it."""
+        """This run's budget folders the ledger lacks, by step, or the newest one if ``main`` does not hold it; then
+        the previews the ledger lacks when ``previews`` is on."""
         saved = runs.read_run(self._output_dir)
         run_id = saved["run_id"] if saved else None
         folders = [b for b in runs.budget_records(self._output_dir) if b.record.get("run_id") == run_id]
-        if not folders:
+        previews = [p for p in runs.preview_records(self._output_dir) if p.record.get("run_id") == run_id]
+        if not folders and not (self.previews and previews):
             return []
         recorded = self._ledger.repo_id  # resolved (`user/name`) once a first upload got out
         same_repo = recorded is not None and recorded.split("/")[-1] == self.repo_id.split("/")[-1]
         published = self._ledger.branches(recorded if same_repo else self.repo_id)
         missing = [b.folder for b in folders if b.name not in published]
-        if not missing and published.get(MAIN_BRANCH, {}).get("budget") != folders[-1].name:
+        if folders and not missing and published.get(MAIN_BRANCH, {}).get("budget") != folders[-1].name:
             missing = [folders[-1].folder]  # every branch is out, but main was not moved to the newest
+        if self.previews:  # EMA previews (preview_push_to_hub): their own branches, never main
+            missing += [p.folder for p in previews if p.name not in published]
         return missing
 
     # ------------------------------------------------------------------------------------ queue

@@ -9,6 +9,7 @@
       budgets/
         {name}/                one complete from_pretrained folder per budget, with budget.json,
                                eval_results.json, README.md (the card) and its plots
+        {step name}-ema/       an EMA preview (hf_wsd/averaging.py): the same files, budget.json marked "preview"
         eval_summary.csv/.json one row per evaluated budget
         published.json         the publishing ledger
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .plan import Budget, BudgetPlan
+from .plan import Budget, BudgetPlan, budget_name
 
 PLAN_FILE = "wsd_plan.json"
 LOG_FILE = "wsd_log.jsonl"
@@ -44,6 +45,8 @@ LEDGER_FILE = "published.json"
 EVAL_SUMMARY_CSV = "eval_summary.csv"
 EVAL_SUMMARY_JSON = "eval_summary.json"
 TASKS_DIR = "eval_tasks"
+PREVIEW_SUFFIX = "-ema"  # an EMA preview's folder and Hub branch: step{N}-tokens{T}-ema
+PREVIEW_KEY = "preview"  # budget.json / eval_results.json of a preview carry it; budgets never do
 STATE_DIR = "wsd_state"  # inside a checkpoint: hf_wsd's own state (data feed positions, averages)
 TMP_PREFIX = ".tmp-"  # budget folders being written; hidden, so no reader ever takes one for a budget
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -157,7 +160,19 @@ def read_eval_results(folder: str | Path) -> dict | None:
 
 
 def budget_records(output_dir: str | Path, up_to_step: int | None = None) -> list[BudgetRecord]:
-    """The run's complete budget folders (those with ``budget.json``), by step; ``up_to_step`` keeps earlier ones."""
+    """The run's complete budget folders (those with ``budget.json``), by step; ``up_to_step`` keeps earlier ones.
+
+    Decayed budgets only: EMA previews are read with :func:`preview_records`.
+    """
+    return [r for r in _records(output_dir, up_to_step) if not is_preview(r.record)]
+
+
+def preview_records(output_dir: str | Path, up_to_step: int | None = None) -> list[BudgetRecord]:
+    """The run's complete EMA preview folders (``budget.json`` marked ``"preview"``), by step."""
+    return [r for r in _records(output_dir, up_to_step) if is_preview(r.record)]
+
+
+def _records(output_dir: str | Path, up_to_step: int | None) -> list[BudgetRecord]:
     root = budgets_dir(output_dir)
     if not root.is_dir():
         return []
@@ -170,6 +185,25 @@ def budget_records(output_dir: str | Path, up_to_step: int | None = None) -> lis
     return sorted(found, key=lambda r: r.step)
 
 
+def is_preview(record: dict | None) -> bool:
+    """Whether a ``budget.json`` (or ``eval_results.json``) belongs to an EMA preview rather than a decayed budget."""
+    return bool(record and record.get(PREVIEW_KEY))
+
+
+def preview_name(step: int, tokens: int | None) -> str:
+    """Folder and Hub branch of the EMA preview after ``step`` updates: ``step{N}-tokens{T}-ema``."""
+    return budget_name(step, tokens) + PREVIEW_SUFFIX
+
+
+def preview_is_written(output_dir: Path, name: str, step: int, run_id: str | None) -> bool:
+    """True when this run already wrote the preview ``name`` at ``step`` completely."""
+    path = budget_folder(output_dir, name) / BUDGET_FILE
+    if not path.is_file():
+        return False
+    saved = read_budget(path.parent)
+    return is_preview(saved) and saved.get("run_id") == run_id and saved.get("step") == step
+
+
 def budget_is_written(output_dir: Path, budget: Budget, run_id: str) -> bool:
     """True when this run already wrote ``budget``'s folder completely (folders are moved into place once complete)."""
     path = budget_folder(output_dir, budget) / BUDGET_FILE
@@ -179,8 +213,8 @@ def budget_is_written(output_dir: Path, budget: Budget, run_id: str) -> bool:
     return saved.get("run_id") == run_id and saved.get("step") == budget.step
 
 
-def temporary_folder(output_dir: str | Path, budget: Budget) -> Path:
-    return budgets_dir(output_dir) / f"{TMP_PREFIX}{budget.name}"
+def temporary_folder(output_dir: str | Path, budget: Budget | str) -> Path:
+    return budgets_dir(output_dir) / f"{TMP_PREFIX}{budget if isinstance(budget, str) else budget.name}"
 
 
 def finalize_folder(tmp: Path, final: Path) -> None:

@@ -20,12 +20,17 @@ _NOT_METRICS = ("budget", "step", "tokens", "eval_seconds")
 
 
 def summarize(output_dir: str | Path) -> list[dict]:
-    """One row per evaluated budget under ``{output_dir}/budgets/``, ordered by step (from ``eval_results.json``)."""
+    """One row per evaluated budget under ``{output_dir}/budgets/``, ordered by step (from ``eval_results.json``).
+
+    Decayed budgets only; :func:`preview_table` lists the EMA previews.
+    """
     rows = []
     for path in runs.budgets_dir(output_dir).glob(f"*/{runs.EVAL_FILE}"):
         if path.parent.name.startswith("."):
             continue
         evaluation = runs.read_eval_results(path.parent)
+        if runs.is_preview(evaluation):
+            continue
         row = {"budget": evaluation["budget"], "step": evaluation["step"], "tokens": evaluation["tokens"],
                "eval_seconds": evaluation.get("seconds")}
         row.update({f"{r['task']}_{r['metric']}": r["value"] for r in evaluation["results"]})
@@ -40,6 +45,21 @@ def budget_table(output_dir: str | Path) -> list[dict]:
     for budget in runs.budget_records(output_dir):
         row = {"budget": budget.name, "step": budget.step, "train_loss": budget.record.get("train_loss")}
         row.update({k: v for k, v in evaluated.get(budget.name, {}).items() if k not in _NOT_METRICS})
+        rows.append(row)
+    return rows
+
+
+def preview_table(output_dir: str | Path) -> list[dict]:
+    """One row per EMA preview (``ema_beta``): its name, step, β, updates averaged and every metric it was scored on.
+
+    Empty for a run without previews; :func:`budget_table` never lists them.
+    """
+    rows = []
+    for preview in runs.preview_records(output_dir):
+        average = preview.record[runs.PREVIEW_KEY]
+        row = {"preview": preview.name, "step": preview.step, "ema_beta": average.get("beta"),
+               "updates_averaged": average.get("updates")}
+        row.update({f"{r['task']}_{r['metric']}": r["value"] for r in (preview.evaluation or {}).get("results", [])})
         rows.append(row)
     return rows
 

@@ -29,7 +29,7 @@ from typing import Any
 from transformers import Trainer
 from transformers.trainer_callback import CallbackHandler
 
-from . import branching, lean, live, runs
+from . import averaging, branching, lean, live, runs
 from .config import WSDArguments
 from .events import BudgetReached, dispatch
 from .data.feed import FeedLoader, UpdateFeed, is_map_style
@@ -120,6 +120,8 @@ class WSDMixin:
         self.meter = None  # throughput and MFU (hf_wsd/throughput.py), built when training starts
         self._updates_done = 0  # updates computed by this process, WSD branches included (the meter's clock)
         self._meter_mark = 0  # the meter's step at the previous budget
+        self.ema = averaging.build_average(self)  # the EMA of the stable phase (ema_beta), or None
+        self._previewed: set[int] = set()  # main-path steps whose EMA preview this process handled
         handler = self.callback_handler
         self.callback_handler = BranchAwareCallbackHandler(
             handler.callbacks, handler.model, handler.processing_class, handler.optimizer, handler.lr_scheduler
@@ -303,6 +305,8 @@ class WSDMixin:
             self._updates_done += 1
             if self.meter is not None:
                 self.meter.update(self._updates_done, self._tokens_done())
+            if self.ema is not None and self.lr_scheduler.branch is None:  # main-path updates only
+                self.ema.update(self.model, step - 1)  # update step - 1 (0-based) just ran; before any save
             if self.lr_scheduler.branch is None:
                 self.live.check_requests(step)  # a budget added or removed now: the plan changes before anything else
         if self.lr_scheduler.branch is not None:
@@ -319,6 +323,7 @@ class WSDMixin:
         # A budget due now is written first: a checkpoint that lets a resume skip past a budget never exists
         # without the budget's folder (a kill between the two would lose the budget for good).
         self._reach_due_budgets(self.state.global_step)
+        self._maybe_preview(self.state.global_step, at_checkpoint=True)  # likewise before the checkpoint
         with self._paused():
             # hf_wsd's own state goes in before the Trainer's files: their trainer_state.json marks it complete.
             folder = runs.checkpoint_folder(self._get_output_dir(trial=None), self.state.global_step)
@@ -397,6 +402,7 @@ class WSDMixin:
         self._reach_due_budgets(step)
         branch = self.lr_scheduler_branch
         if branch is None:
+            self._maybe_preview(step)
             self._maybe_enter_branch(step)
         elif step == self.plan.budgets[branch].step:
             self._leave_branch(self.plan.budgets[branch])
@@ -438,9 +444,21 @@ class WSDMixin:
 
     def _stateful_parts(self) -> dict[str, Any]:
         """hf_wsd's own state that checkpoints and branch snapshots keep besides the Trainer's: the data feed's
-        position (and what subclasses add). Each part has ``state_dict()`` / ``load_state_dict()`` and
-        ``per_rank`` (one state per process, or the main process's for all)."""
-        return {"feed": self.feed} if self.feed is not None else {}
+        position, the EMA (``ema_beta``) and what subclasses add. Each part has ``state_dict()`` /
+        ``load_state_dict()`` and ``per_rank`` (one state per process, or the main process's for all)."""
+        parts = {"feed": self.feed} if self.feed is not None else {}
+        if self.ema is not None:
+            parts["ema"] = self.ema  # hf_wsd/averaging.py: the EMA of the main branch's stable phase
+        return parts
+
+    def _maybe_preview(self, step: int, at_checkpoint: bool = False) -> None:
+        """Write the EMA preview of main-path step ``step`` if one is due (once per step in this process)."""
+        if self.ema is None or self.lr_scheduler_branch is not None or step in self._previewed:
+            return
+        if averaging.preview_due(self.args, step, at_checkpoint):
+            self._previewed.add(step)
+            with self._paused():
+                averaging.write_preview(self, self.ema, step)
 
     def _written(self, budget: Budget) -> bool:
         """Decided on the main process (it owns the budget folders) so that every rank takes the same path."""

@@ -12,7 +12,7 @@ import logging
 import sys
 
 from hf_wsd.scripts import pretrain, run_recipe
-from hf_wsd.summary import budget_table, format_summary
+from hf_wsd.summary import budget_table, format_summary, preview_table
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -22,3 +22,7 @@ if __name__ == "__main__":
             budgets = trainer.output_path / "budgets"
             print(f"\nDecayed checkpoints (from_pretrained-ready folders in {budgets}):")
             print(format_summary(budget_table(trainer.output_path)))
+            previews = preview_table(trainer.output_path)
+            if previews:
+                print("\nEMA previews (averages of the stable phase, not decayed budgets):")
+                print(format_summary(previews))

@@ -3,7 +3,7 @@ tokenizer, stand-ins for the trainer side of budget events, fake budget folders 
 
 Run as a script it is the tiny WSD run that the kill-and-resume tests SIGKILL:
 
-    python tests/helpers.py OUTPUT_DIR --budgets 20 40 --schedule wsd [--kill-at 19] [--resume]
+    python tests/helpers.py OUTPUT_DIR --budgets 20 40 --schedule wsd [--kill-at 19] [--ema-beta 0.9] [--resume]
         [--request-at 5 40] [--wait-at 5 FLAG] [--per-device-batch 4]
 """
 
@@ -477,6 +477,7 @@ if __name__ == "__main__":
     parser.add_argument("--kill-priority", type=int, default=200, help="... at this priority among the subscribers")
     parser.add_argument("--eval", action="store_true", help="evaluate every budget (held-out loss)")
     parser.add_argument("--push", help="publish every budget to this repo (HF_ENDPOINT, HF_TOKEN from the environment)")
+    parser.add_argument("--ema-beta", type=float)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--request-at", nargs=2, metavar=("STEP", "VALUE"), help="add budget VALUE after update STEP")
     parser.add_argument("--wait-at", nargs=2, metavar=("STEP", "FLAG"), help="after update STEP, wait for FLAG")
@@ -494,5 +495,5 @@ if __name__ == "__main__":
     trainer = tiny_run(cli.output_dir, cli.budgets, cli.schedule, callbacks, cli.eval, cli.push, cli.streaming,
                        save_steps=cli.save_steps, branch_restore=cli.branch_restore,
                        per_device_train_batch_size=cli.per_device_batch,
-                       **({"use_cpu": False, "bf16": True} if cli.gpu else {}))
+                       ema_beta=cli.ema_beta, **({"use_cpu": False, "bf16": True} if cli.gpu else {}))
     trainer.train(resume_from_checkpoint=True if cli.resume else None)
