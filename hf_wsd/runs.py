@@ -39,6 +39,7 @@ LEDGER_FILE = "published.json"
 EVAL_SUMMARY_CSV = "eval_summary.csv"
 EVAL_SUMMARY_JSON = "eval_summary.json"
 TASKS_DIR = "eval_tasks"
+MIXTURE_KEY = "decay_mixture"  # in PLAN_FILE: the decay mixture's windows (resume checks the ones already trained)
 STATE_DIR = "wsd_state"  # inside a checkpoint: hf_wsd's own state (data feed positions, averages)
 TMP_PREFIX = ".tmp-"  # budget folders being written; hidden, so no reader ever takes one for a budget
 CHECKPOINT_PREFIX = "checkpoint-"
