@@ -128,6 +128,12 @@ def test_wsd_with_a_decay_mixture_keeps_the_branch_invariants_bitwise(anneal_run
         assert_bitwise_equal(weights(branched, step), weights(anneal_runs("wsd", (step,), source), step))
 
 
+def test_branches_restarted_from_checkpoints_anneal_like_the_in_memory_ones(anneal_runs, tmp_path):
+    anneal_trainer(tmp_path, BUDGETS, "wsd", "stream", save_steps=10, branch_restore="checkpoint").train()
+    for step in BUDGETS:  # the FSDP / DeepSpeed path: the feed's streams come back from the branch point's checkpoint
+        assert_bitwise_equal(weights(tmp_path, step), weights(anneal_runs("wsd", BUDGETS, "stream"), step))
+
+
 def test_wsd_s_budgets_with_a_decay_mixture_equal_the_runs_of_their_prefix(anneal_runs):
     full, prefix = anneal_runs("wsd-s", BUDGETS), anneal_runs("wsd-s", BUDGETS[:2])
     for step in BUDGETS[:2]:
@@ -242,6 +248,30 @@ def test_the_recipe_reads_mixtures_and_decay_corpora_from_yaml_and_the_command_l
          "--decay_mixture_per_budget", "100:later=1"])
     assert args.decay_mixture == {"main": 0.5, "later": 0.5} and args.decay_mixture_per_budget == {"100": {"later": 1}}
     assert named_corpora(data_args.decay_corpora, "decay_corpora") == {"later": "x.jsonl"}
+
+
+def test_the_comparison_recipe_reports_every_arm_on_every_corpus(tmp_path, small_corpus, second_corpus):
+    from conftest import TINY_RECIPE
+
+    from hf_wsd.scripts import anneal
+
+    argv = ["--corpus", str(small_corpus), "--decay_corpora", f"later={second_corpus}", "--decay_mixture",
+            "main=0.7", "later=0.3", "--output_dir", str(tmp_path), "--budgets", "8", "16", "--bundled_tasks", "false",
+            "--per_device_train_batch_size", "4", "--arms", "plain", "anneal", "all:later=1", "spread", *TINY_RECIPE]
+    rows, text = anneal.main(argv)
+    arms = ("plain", "anneal", "all", "spread")
+    assert {(r["arm"], r["step"]) for r in rows} == {(a, s) for a in arms for s in (8, 16)}
+    plain = {r["step"]: r for r in rows if r["arm"] == "plain"}
+    assert all(set(r["heldout_loss"]) == {"kjv120", "later"} for r in rows)  # the same held-out sets in every arm
+    assert plain[16]["tokens_by_source"] == {"main": 16 * 4 * 32}
+    annealed = {r["step"]: r for r in rows if r["arm"] == "all"}
+    assert annealed[16]["tokens_by_source"]["later"] == 2 * 2 * 4 * 32  # two 2-update windows, every slot
+    spread = {r["step"]: r for r in rows if r["arm"] == "spread"}
+    assert spread[16]["tokens_by_source"]["later"] > 0  # decay-corpus blocks shuffled into the training data
+    assert sum(spread[16]["tokens_by_source"].values()) == 16 * 4 * 32  # the same compute
+    assert "| all | 16 |" in text and (tmp_path / "annealing.png").is_file()
+    again, _ = anneal.main([*argv, "--report_only", "true"])  # the report alone, from the runs on disk
+    assert again == rows
 
 
 @pytest.mark.multiprocess

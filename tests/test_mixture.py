@@ -288,3 +288,35 @@ def test_the_plan_table_shows_every_window_with_its_sources():
     assert lines[4].startswith("decay") and "q 100% (960 tokens)" in lines[4]  # 15 updates × 4 × 16 tokens
     assert math.isclose(sum(s["weight"] for s in mixture.record(0)["sources"]), 1.0)
     assert MAIN == "main"
+
+
+# ----------------------------------------------------------------------------------------------- hf-wsd plan
+def test_hf_wsd_plan_shows_the_mixture_of_every_window(capsys):
+    from hf_wsd.cli import main
+
+    argv = ["plan", "1000", "2000", "--schedule", "wsd", "--tokens-per-update", "2048", "--examples-per-update", "16",
+            "--decay-mixture", "main=0.7", "quality=0.3", "--decay-mixture-per-budget", "2000:main=0.5,quality=0.5"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "decay mixture (16 examples per update):" in out
+    lines = out.splitlines()
+    assert "branch decay         900–1000  step1000-tokens2.05M  main 70% (143K tokens), quality 30% (61.4K tokens)" \
+        in lines
+    assert "decay               1800–2000  step2000-tokens4.1M   main 50% (205K tokens), quality 50% (205K tokens)" \
+        in lines
+    assert main(["plan", "1000", "--tokens-per-update", "2048", "--decay-mixture", "main=1", "q=1"]) == 0
+    assert "main 50% (≈102K tokens)" in capsys.readouterr().out  # without the global batch: shares only
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [(["--decay-mixture", "main=-1"], "decay_mixture"), (["--decay-mixture", "main=1", "--schedule", "cosine"],
+                                                         "decay_mixture_tail"),
+     (["--decay-mixture-per-budget", "300:main=1"], "decay_mixture_per_budget")],
+)
+def test_hf_wsd_plan_refuses_a_bad_mixture_before_printing(args, field, capsys):
+    from hf_wsd.cli import main
+
+    assert main(["plan", "100", *args]) == 2
+    out, err = capsys.readouterr()
+    assert f"`{field}`" in err and out == ""

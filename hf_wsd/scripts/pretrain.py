@@ -28,8 +28,10 @@ def main(argv: Sequence[str] = ()):
     return run(*parser().parse(argv))
 
 
-def run(data_args: DataArguments, model_args: ModelArguments, args: WSDConfig):
-    """Data, model and trainer of parsed recipe arguments, then every budget; returns the trainer."""
+def run(data_args: DataArguments, model_args: ModelArguments, args: WSDConfig, train_transform=None):
+    """Data, model and trainer of parsed recipe arguments, then every budget; returns the trainer.
+
+    ``train_transform(data, side_corpora)`` may replace the training blocks (comparison recipes use it)."""
     from transformers import set_seed
 
     from ..data import validate_for_model
@@ -46,8 +48,9 @@ def run(data_args: DataArguments, model_args: ModelArguments, args: WSDConfig):
     if evaluated:  # one held-out loss per corpus: heldout_{name} in eval_results.json
         heldout = {data.corpus: heldout, **{n: first_blocks(d.heldout, data_args.max_eval_blocks)
                                             for n, d in evaluated.items()}}
+    train = data.train if train_transform is None else train_transform(data, evaluated)
     trainer = WSDTrainer(
-        model=model, args=args, train_dataset=data.train, eval_dataset=heldout, processing_class=data.tokenizer,
+        model=model, args=args, train_dataset=train, eval_dataset=heldout, processing_class=data.tokenizer,
         decay_datasets={name: side.train for name, side in decay.items()} or None,
     )
     if trainer.is_world_process_zero():
