@@ -222,8 +222,6 @@ def collect(output_dir: Path, arms: list[str]) -> tuple[list[dict], dict]:
 
 def report(output_dir: Path, arms: list[str]) -> tuple[list[dict], str]:
     """Write ``annealing.md``, ``annealing.json`` and ``annealing.png``; returns the rows and the markdown."""
-    from ..plots import plot_panels
-
     rows, records = collect(output_dir, arms)
     names = [arm_name(a) for a in arms]
     corpora = sorted({c for r in rows for c in r["heldout_loss"]})
@@ -261,19 +259,43 @@ def report(output_dir: Path, arms: list[str]) -> tuple[list[dict], str]:
     text = "\n".join([*lines, *cost]) + "\n"
     (output_dir / "annealing.md").write_text(text)
     (output_dir / "annealing.json").write_text(json.dumps({"rows": rows, "runs": records}, indent=1) + "\n")
-    panels = {
-        f"held-out loss on {corpus}": {
-            name: ([by[(name, s)]["tokens"] for s in steps if (name, s) in by],
-                   [by[(name, s)]["heldout_loss"].get(corpus) for s in steps if (name, s) in by],
-                   {"marker": "o"})
-            for name in names
-        }
-        for corpus in corpora
-    }
-    plot_panels(panels, output_dir / "annealing.png", "training tokens (log scale)", "loss", sharey=False, logx=True,
-                marks=[by[(names[0], s)]["tokens"] for s in steps if (names[0], s) in by],
-                title="annealing (decay windows on a mixture) vs plain decay")
+    plot(by, names, corpora, steps, output_dir / "annealing.png")
     return rows, text
+
+
+def plot(by: dict, names: list[str], corpora: list[str], steps: list[int], path: Path) -> Path:
+    """Held-out loss per budget on each corpus (top) and its difference from the first arm (bottom)."""
+    from ..plots import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, len(corpora), figsize=(4.2 * len(corpora), 5.6), dpi=100, sharex=True, squeeze=False)
+    for column, corpus in enumerate(corpora):
+        for number, name in enumerate(names):
+            kept = [s for s in steps if (name, s) in by and corpus in by[(name, s)]["heldout_loss"]]
+            tokens = [by[(name, s)]["tokens"] / 1e6 for s in kept]
+            losses = [by[(name, s)]["heldout_loss"][corpus] for s in kept]
+            base = [by[(names[0], s)]["heldout_loss"].get(corpus, float("nan")) for s in kept]
+            style = {"marker": "o", "lw": 1.2, "color": f"C{number}"}
+            axes[0, column].plot(tokens, losses, label=name, **style)
+            axes[1, column].plot(tokens, [a - b for a, b in zip(losses, base)], label=name, **style)
+        axes[0, column].set_title(f"held-out loss on {corpus}", fontsize=9, loc="left")
+        axes[1, column].set_title(f"difference from {names[0]} (lower is better)", fontsize=9, loc="left")
+        axes[1, column].axhline(0, color="grey", lw=0.6)
+        axes[1, column].set_xlabel("training tokens (millions), one point per budget")
+        for ax in axes[:, column]:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks([by[(names[0], s)]["tokens"] / 1e6 for s in steps if (names[0], s) in by])
+            ax.xaxis.set_major_formatter(plt.FormatStrFormatter("%.3g"))
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    axes[0, 0].set_ylabel("loss")
+    axes[1, 0].set_ylabel("Δ loss")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(names), frameon=False, fontsize=8)
+    fig.suptitle("decay windows on a data mixture (annealing) vs plain decay", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def main(argv: Sequence[str] = ()) -> tuple[list[dict], str]:
