@@ -92,6 +92,23 @@ def _throughput_text(throughput: dict | None) -> str | None:
     return text + " since the previous budget"
 
 
+def _decay_data_text(mixture: dict | None) -> str | None:
+    """``"main 70 % (14.3K tokens), quality 30 % (6.14K tokens), updates 90–100"`` from ``budget.json``'s
+    ``decay_mixture`` (annealing: hf_wsd/data/mixture.py); ``None`` for a run without one."""
+    if not mixture:
+        return None
+    if not mixture.get("window"):
+        return "the training data only (this budget's decay has no mixture)"
+    parts = []
+    for source in mixture.get("sources", []):
+        text = f"{source['name']} {100 * source['weight']:.3g} %"
+        if isinstance(source.get("tokens"), int):
+            text += f" ({format_tokens(source['tokens'])} tokens)"
+        parts.append(text)
+    start, end = mixture["window"]
+    return f"{', '.join(parts)}, updates {start}–{end}"
+
+
 def hub_id(name: str | None) -> str | None:
     """``name`` when it reads as a Hub repo id (``org/name``); ``None`` for a local path or nothing.
 
@@ -273,6 +290,7 @@ def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> di
         "train_loss": _number(budget.get("train_loss"), ".4f"),
         "throughput": _throughput_text(budget.get("throughput")),
         "forecast": _forecast_text(_read_forecast(budget_dir), budget.get("train_loss")),
+        "decay_data": _decay_data_text(budget.get("decay_mixture")),
         "num_parameters": parameters,
         "eval_rows": eval_rows,
         "eval_note": eval_note,

@@ -26,6 +26,13 @@ def _add_plan_arguments(parser: argparse.ArgumentParser, budgets_required: bool 
     parser.add_argument("--rewarmup-steps", type=int, default=0)
     parser.add_argument("--peak-lr", type=float, help="show absolute learning rates instead of ratios")
     parser.add_argument("--plot", metavar="PNG", help="write the LR curve to this PNG file")
+    parser.add_argument("--decay-mixture", nargs="+", metavar="NAME=WEIGHT",
+                        help="data mixture of every decay window, e.g. main=0.7 quality=0.3 (main: the training data)")
+    parser.add_argument("--decay-mixture-per-budget", nargs="+", metavar="BUDGET:NAME=WEIGHT,...",
+                        help="a mixture for one budget's window, e.g. 8000:main=0.5,quality=0.5")
+    parser.add_argument("--decay-mixture-tail", type=float, help="only the last fraction of each window anneals")
+    parser.add_argument("--examples-per-update", type=int,
+                        help="global batch (examples per update): exact examples and tokens per source")
 
 
 def _plan_from_args(args: argparse.Namespace) -> BudgetPlan:
@@ -45,7 +52,15 @@ def _plan_from_args(args: argparse.Namespace) -> BudgetPlan:
 
 def _plan(args: argparse.Namespace) -> int:
     plan = _plan_from_args(args)
+    mixture = None
+    if args.decay_mixture or args.decay_mixture_per_budget:
+        from .data.mixture import MixturePlan
+
+        mixture = MixturePlan(plan, args.decay_mixture, args.decay_mixture_per_budget, args.decay_mixture_tail,
+                              args.examples_per_update or 1)
     print(plan.describe(args.peak_lr))
+    if mixture is not None:
+        print(mixture.describe(exact=args.examples_per_update is not None))
     if args.plot:
         from .plots import plot_lr_schedule
 

@@ -57,6 +57,20 @@ class WSDArguments:
         `warmup_steps` (from `TrainingArguments`) is the initial warmup; below 1 it is a ratio of the last budget.
         `max_steps` follows from the plan: leave it at -1 (any other value must equal the last budget).
 
+    Parameters that control the decay data (annealing; see `hf_wsd/data/mixture.py` and docs/annealing.md):
+        decay_mixture (`dict[str, float]` or `None`, *optional*, defaults to `None`):
+            The data mixture of every decay window: source names → weights, e.g. `{"main": 0.7, "quality": 0.3}`
+            (`name=weight` strings on the command line). `main` is `train_dataset`; other names are keys of the
+            trainer's `decay_datasets` (`decay_dataset=` alone is named `decay` and, without a mixture, fills
+            every decay update). Weights are ≥ 0 and are normalised; each source keeps its own position.
+        decay_mixture_per_budget (`dict[str, dict[str, float]]`, *optional*, defaults to `{}`):
+            Mixtures for single budgets' windows, keyed by the budget as written in `budgets`
+            (`{"800": {"main": 0.5, "quality": 0.5}}`; `800:main=0.5,quality=0.5` on the command line); they
+            replace `decay_mixture` there. Without `decay_mixture`, only these budgets anneal.
+        decay_mixture_tail (`float` or `None`, *optional*, defaults to `None`):
+            Only the last fraction of each decay window draws from the mixture (`None`: all of it). Required for
+            `cyclic-cosine` and `cosine`, whose windows are whole cosine periods.
+
     Parameters that control the evaluation of each budget:
         budget_eval (`bool`, *optional*, defaults to `True`):
             Score every decayed checkpoint (held-out loss and perplexity on `eval_dataset`, plus `eval_tasks`).
@@ -168,6 +182,18 @@ class WSDArguments:
     rewarmup_steps: int = field(
         default=0,
         metadata={"help": "WSD-S: updates to climb back to peak after each budget (0 = jump)."},
+    )
+    decay_mixture: list[str] | None = field(
+        default=None,
+        metadata={"help": "Data mixture of every decay window: name=weight ... (main: train_dataset; a dict in YAML)."},
+    )
+    decay_mixture_per_budget: list[str] | None = field(
+        default=None,
+        metadata={"help": "Mixtures of single budgets' windows: BUDGET:name=weight,... (a dict in YAML)."},
+    )
+    decay_mixture_tail: float | None = field(
+        default=None,
+        metadata={"help": "Only the last fraction of each decay window draws from the mixture (cosine schedules)."},
     )
     budget_eval: bool = field(
         default=True,
@@ -287,6 +313,7 @@ class WSDArguments:
         if self.preview_steps is not None:
             self.preview_steps = [int(s) if isinstance(s, str) and s.isdigit() else s for s in self.preview_steps]
         check_average_fields(self, plan if self.budget_unit == "steps" else None)
+        self._check_decay_mixture(plan)
         if self.max_steps == -1:
             self.max_steps = 1  # placeholder so TrainingArguments accepts the config; WSDTrainer sets the real value
         super().__post_init__()
@@ -304,6 +331,20 @@ class WSDArguments:
                 "and the adapter settings ignored. Set use_peft=True, or drop them (a peft_config= passed to the "
                 "trainer carries its own settings)."
             )
+
+    def _check_decay_mixture(self, plan: BudgetPlan) -> None:
+        """Parse the mixture fields into dicts and check what needs no dataset (names are checked by the trainer)."""
+        if self.decay_mixture is None and not self.decay_mixture_per_budget and self.decay_mixture_tail is None:
+            return
+        from .data import mixture
+
+        self.decay_mixture = mixture.parse_mixture(self.decay_mixture)
+        self.decay_mixture_per_budget = mixture.parse_mixture_per_budget(self.decay_mixture_per_budget)
+        self.decay_mixture_tail = mixture.check_tail(self.decay_mixture_tail)
+        if self.decay_mixture is not None or self.decay_mixture_per_budget:
+            mixture.check_schedule(self.schedule, self.decay_mixture_tail)
+        if self.budget_unit == "steps":  # token budgets resolve once the tokens per update are known
+            mixture.resolve_budgets(plan, self.decay_mixture_per_budget)
 
     def __getstate__(self) -> dict:
         """Pickles (``training_args.bin`` in every checkpoint and budget folder) never carry the Hub token."""

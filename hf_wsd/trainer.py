@@ -34,6 +34,7 @@ from .config import WSDArguments
 from .events import BudgetReached, dispatch
 from .data.feed import FeedLoader, UpdateFeed, is_map_style
 from .live_trainer import LiveRun
+from .data.mixture import check_resume, decay_sources, mixture_for_run
 from .lr_scheduler import BudgetPlanLR, get_budget_plan_scheduler
 from .plan import Budget, BudgetPlan
 from .subscribers import add_budget_subscribers
@@ -82,10 +83,14 @@ class WSDMixin:
 
     Extra keywords: ``plan`` — a ready :class:`BudgetPlan` overriding the one built from ``args``;
     ``peft_config`` — a PEFT config (e.g. ``LoraConfig``): the model is wrapped with ``get_peft_model`` and budgets
-    hold the adapter only (see :mod:`hf_wsd.lean`; ``use_peft`` in ``args`` does the same from config fields).
+    hold the adapter only (see :mod:`hf_wsd.lean`; ``use_peft`` in ``args`` does the same from config fields);
+    ``decay_datasets`` — named datasets the decay windows draw from by ``args.decay_mixture``, or
+    ``decay_dataset`` — one, named ``decay``, that fills every decay update unless a mixture says otherwise
+    (annealing: :mod:`hf_wsd.data.mixture`).
     """
 
-    def __init__(self, model=None, args=None, *pargs, plan: BudgetPlan | None = None, peft_config=None, **kwargs):
+    def __init__(self, model=None, args=None, *pargs, plan: BudgetPlan | None = None, peft_config=None,
+                 decay_dataset=None, decay_datasets=None, **kwargs):
         if not isinstance(args, WSDArguments):
             raise TypeError(
                 f"{type(self).__name__} needs `args` with the WSD fields (WSDConfig, or wsd_config_class(...)); "
@@ -109,6 +114,9 @@ class WSDMixin:
         self.args.ignore_data_skip = True
         self.plan = plan if plan is not None else args.build_plan(self._tokens_per_update())
         self.args.max_steps = self.plan.total_steps
+        self.decay_datasets = decay_sources(decay_dataset, decay_datasets)
+        self.mixture = mixture_for_run(self.args, self.plan, self.decay_datasets, self.train_dataset, self.model,
+                                       self._examples_per_update, _data_seed(self.args))
         self.output_path = Path(self.args.output_dir)
         self.run_id: str | None = None
         self.feed: UpdateFeed | None = None
@@ -175,17 +183,22 @@ class WSDMixin:
                 dataset = self._remove_unused_columns(dataset, description="training")
             else:
                 collator = self._get_collator_with_removed_columns(collator, description="training")
+            decay = {name: self._remove_unused_columns(d, description="decay") if _is_hf_dataset(d) else d
+                     for name, d in self.decay_datasets.items()}
             self.feed = UpdateFeed(
                 dataset, collator, self._train_batch_size, self.args.gradient_accumulation_steps,
                 self.args.world_size, self.args.process_index, seed=_data_seed(self.args),
+                decay_datasets=decay, mixture=self.mixture,
             )
-        return FeedLoader(self.feed, lambda: self.state.global_step)
+        return FeedLoader(self.feed, lambda: (self.state.global_step, self.lr_scheduler_branch))
 
     # ------------------------------------------------------------------------------------------- the run
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """Train through every budget of the plan; ``resume_from_checkpoint`` continues or extends a run."""
         checkpoint = self._prepare_run(resume_from_checkpoint)
         logger.info("Budget plan:\n%s", self.plan.describe(self.args.learning_rate))
+        if self.mixture is not None:
+            logger.info("%s", self.mixture.describe())
         if checkpoint is not None and self._nothing_left(checkpoint):
             return self._finish_without_training(checkpoint)
         while True:
@@ -234,8 +247,11 @@ class WSDMixin:
             self.live.set_plan(live.replay_changes(self.plan, saved))  # budgets added or removed while it trained
             checkpoint = str(runs.resume_checkpoint(output_dir, old_plan, self.plan, resume))
             record = {**saved, "plan": self.plan.to_dict()}
+            check_resume(saved.get(runs.MIXTURE_KEY), self.mixture, runs.checkpoint_step(checkpoint))
             if old_plan != self.plan:
                 logger.info("Extending the run: %r → %r, from %s", old_plan, self.plan, checkpoint)
+        if self.mixture is not None:
+            record[runs.MIXTURE_KEY] = self.mixture.to_dict()
         self.run_id = self._from_main(record["run_id"])
         if self.args.should_save:
             runs.budgets_dir(output_dir).mkdir(parents=True, exist_ok=True)
@@ -515,6 +531,7 @@ class WSDMixin:
             optim=getattr(self.args.optim, "value", self.args.optim),
             adapter=lean.adapter_record(model, budget.name, base_model, merged),
             throughput=self._throughput_record(),
+            decay_mixture=None if self.mixture is None else self.mixture.record(budget.index),
         )
 
     def _throughput_record(self) -> dict | None:

@@ -39,6 +39,16 @@ class DataArguments:
     max_heldout_documents: int = field(
         default=2000, metadata={"help": "Held-out documents kept (more are held out by hash, unused)."}
     )
+    decay_corpora: list[str] | None = field(
+        default=None,
+        metadata={"help": "Corpora the decay windows may draw from (decay_mixture names them): name=corpus ... (a "
+                          "dict in YAML); built with the main tokenizer and block_size; their held-out sets are "
+                          "scored per budget."},
+    )
+    eval_corpora: list[str] | None = field(
+        default=None,
+        metadata={"help": "More corpora whose held-out sets are scored per budget (not trained on): name=corpus ..."},
+    )
     bundled_tasks: bool = field(
         default=True,
         metadata={"help": "Build the offline benchmarks from held-out documents."},

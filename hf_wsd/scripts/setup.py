@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 from pathlib import Path
@@ -48,6 +49,61 @@ def load_data(data_args: "DataArguments", args: "WSDConfig", tokenizer=None) -> 
         max_tokenizer_documents=data_args.max_tokenizer_documents,
         max_heldout_documents=data_args.max_heldout_documents,
     )
+
+
+def named_corpora(value, field: str) -> dict[str, str]:
+    """``{name: corpus}`` from a YAML mapping or ``name=corpus`` strings (the command line)."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    named = {}
+    for item in [value] if isinstance(value, str) else value:
+        name, sep, corpus = str(item).partition("=")
+        if not sep or not name.strip() or not corpus.strip():
+            raise ValueError(f"`{field}` entries are name=corpus (e.g. shakespeare=shakespeare); got {item!r}.")
+        named[name.strip()] = corpus.strip()
+    return named
+
+
+def load_side_corpora(data_args: "DataArguments", args: "WSDConfig", data: "LMData") -> tuple[dict, dict]:
+    """``(decay, evaluated)``: the ``decay_corpora`` and ``eval_corpora`` as ``LMData`` by name, built with the main
+    data's tokenizer and block size (a corpus named in both is built once); every one checked to share the main
+    data's vocabulary."""
+    decay, extra = named_corpora(data_args.decay_corpora, "decay_corpora"), named_corpora(
+        data_args.eval_corpora, "eval_corpora"
+    )
+    for name in {**decay, **extra}:
+        if name == data.corpus or name == "main":
+            raise ValueError(
+                f"`decay_corpora`/`eval_corpora` name {name!r}, which names the main corpus: choose another name."
+            )
+        if name in decay and name in extra and decay[name] != extra[name]:
+            raise ValueError(f"{name!r} is {decay[name]!r} in `decay_corpora` but {extra[name]!r} in `eval_corpora`.")
+    from ..data import is_token_folder
+
+    built = {}
+    for name, corpus in {**extra, **decay}.items():
+        settings = dataclasses.replace(data_args, corpus=corpus, dataset_config=None)
+        # A token folder brings the tokenizer it was written with: compared below, never silently replaced.
+        built[name] = load_data(settings, args, tokenizer=None if is_token_folder(corpus) else data.tokenizer)
+        check_same_vocabulary(data, built[name], name)
+        logger.info("%s corpus %r: %s", "decay" if name in decay else "evaluation", name, built[name].describe())
+    return {n: built[n] for n in decay}, {n: built[n] for n in {**extra, **decay}}
+
+
+def check_same_vocabulary(main: "LMData", other: "LMData", name: str) -> None:
+    """A side corpus must be tokenized like the main data: the same vocabulary, ids inside it."""
+    if other.tokenizer.get_vocab() != main.tokenizer.get_vocab():
+        raise ValueError(
+            f"corpus {name!r} was tokenized with another vocabulary ({other.vocab_size} tokens) than the main data "
+            f"({main.vocab_size}): a token folder brings its own tokenizer; write it with the main data's tokenizer "
+            "(hf-wsd prepare --tokenizer ...)."
+        )
+    if other.max_token_id >= main.vocab_size:
+        raise ValueError(f"corpus {name!r} holds token id {other.max_token_id} ≥ the vocabulary ({main.vocab_size}).")
+    if other.block_size != main.block_size:
+        raise ValueError(f"corpus {name!r} has blocks of {other.block_size} tokens, the main data {main.block_size}.")
 
 
 def first_blocks(dataset, limit: int | None):
