@@ -52,3 +52,48 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, sm
     if publish:
         for name in names:  # one publisher: exactly one commit per budget branch
             assert local_hub.commit_count("tester/ddp", name) == 1
+
+
+@pytest.fixture(scope="module")
+def parquet_shards(tmp_path_factory):
+    """The first 120 KJV chapters as 3 local parquet shards: a stand-in for a Hub dataset such as fineweb-edu."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hf_wsd.data import kjv_documents
+
+    folder = tmp_path_factory.mktemp("parquet")
+    chapters = kjv_documents()[:120]
+    for shard in range(3):
+        pq.write_table(pa.table({"text": chapters[shard::3]}), folder / f"train-{shard:05d}-of-00003.parquet")
+    return folder
+
+
+def test_two_processes_on_a_stream_prepare_nothing_and_match_one_process(tmp_path, parquet_shards):
+    """The README's fineweb example, offline: a sharded parquet corpus streamed (`--streaming true`)."""
+    cache = tmp_path / "cache"
+    stream = ["--streaming", "true", "--heldout_fraction", "0.1", "--cache_dir", str(cache)]
+    run_recipe(LAUNCH_2, tmp_path / "ddp", parquet_shards, "wsd", 4, extra=stream)
+    run_recipe([sys.executable], tmp_path / "single", parquet_shards, "wsd", 8, extra=stream)
+    assert not (cache / "prepared").exists()  # streamed: nothing was tokenized ahead of training
+    names = sorted(p.name for p in (tmp_path / "single" / "budgets").iterdir() if p.name.startswith("step"))
+    assert [n.split("-")[0] for n in names] == ["step10", "step20"]
+    for name in names:
+        two = load_file(tmp_path / "ddp" / "budgets" / name / "model.safetensors")
+        one = load_file(tmp_path / "single" / "budgets" / name / "model.safetensors")
+        for key in one:
+            assert torch.allclose(two[key], one[key], atol=1e-5, rtol=0), f"{name}/{key}"
+    # Each rank kept its own stream position in every checkpoint.
+    checkpoints = sorted((tmp_path / "ddp").glob("checkpoint-*"))
+    assert checkpoints
+    for checkpoint in checkpoints:
+        assert {"feed-rank0.pt", "feed-rank1.pt"} <= {p.name for p in (checkpoint / "wsd_state").iterdir()}
+
+
+def test_two_processes_prepare_the_dataset_once(tmp_path, small_corpus):
+    """Two ranks race on an empty cache: one prepares under the lock, the other loads what it wrote."""
+    cache = tmp_path / "cache"
+    ddp = run_recipe(LAUNCH_2, tmp_path / "ddp", small_corpus, "wsd-s", 4, extra=["--cache_dir", str(cache)])
+    assert (ddp.stdout + ddp.stderr).count("reusing prepared dataset") == 1
+    prepared = [p.name for p in (cache / "prepared").iterdir()]
+    assert len(prepared) == 1 and not prepared[0].startswith("."), prepared  # one entry, no leftover temp folder
