@@ -1,0 +1,95 @@
+"""WSD side branches kept in memory: bitwise the same budgets as the checkpoint path, inside one `train()` call, and
+the automatic choice of where the main branch waits (device, host memory, or a checkpoint under FSDP / DeepSpeed).
+
+A SIGKILL inside an in-memory branch that resumes bitwise is `test_trainer.py::test_sigkill_then_resume_equals_the_
+uninterrupted_run[wsd-39]` (`branch_restore="auto"` is a device copy on the CPU, as asserted below).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from helpers import assert_bitwise_equal, tiny_trainer, weights
+from hf_wsd import branching, runs
+
+BUDGETS = (20, 40, 60)
+
+
+def train_start_counter():
+    from transformers import TrainerCallback
+
+    class TrainStarts(TrainerCallback):
+        starts = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.starts += 1
+
+    return TrainStarts()
+
+
+@pytest.mark.parametrize("mode", ["cpu", "checkpoint"])
+def test_branches_in_memory_and_from_checkpoints_give_the_same_budgets(reference_runs, tmp_path, mode):
+    reference = reference_runs("wsd", BUDGETS)  # branch_restore="auto": a device copy on the CPU
+    counter = train_start_counter()
+    trainer = tiny_trainer(tmp_path, BUDGETS, "wsd", callbacks=[counter], branch_restore=mode)
+    loads = []
+    load_from_checkpoint = trainer._load_from_checkpoint
+    trainer._load_from_checkpoint = lambda folder, *args, **kwargs: (
+        loads.append(folder), load_from_checkpoint(folder, *args, **kwargs))[-1]
+    trainer.train()
+
+    assert trainer.branch_restore == mode
+    for step in BUDGETS:
+        assert_bitwise_equal(weights(tmp_path, step), weights(reference, step))
+    branches = [budget for budget in trainer.plan.budgets if budget.branch]
+    assert len(branches) == 2
+    # The main branch's resumable checkpoint at every branch point is written in both modes (crash safety) ...
+    for budget in branches:
+        assert runs.checkpoint_folder(tmp_path, budget.decay_start).is_dir()
+    # ... but only the checkpoint path reads one back to return from a branch; callbacks see one run either way.
+    expected = [] if mode == "cpu" else [str(runs.checkpoint_folder(tmp_path, b.decay_start)) for b in branches]
+    assert [str(folder) for folder in loads] == expected
+    assert counter.starts == 1
+
+
+def fake_trainer(device: str = "cpu", fsdp: bool = False, deepspeed: bool = False):
+    model = torch.nn.Linear(256, 256)  # 65,792 parameters: a snapshot of 263 KB (no optimizer state yet)
+    return SimpleNamespace(model=model, optimizer=torch.optim.AdamW(model.parameters()), is_fsdp_enabled=fsdp,
+                           is_deepspeed_enabled=deepspeed, args=SimpleNamespace(device=torch.device(device)))
+
+
+def test_auto_keeps_the_main_branch_next_to_the_weights_on_the_cpu():
+    assert branching.choose_branch_restore(fake_trainer(), "auto")[0] == "device"
+
+
+@pytest.mark.parametrize("sharding", ["fsdp", "deepspeed"])
+def test_auto_restarts_from_checkpoints_under_fsdp_and_deepspeed(sharding):
+    trainer = fake_trainer(**{sharding: True})
+    mode, reason = branching.choose_branch_restore(trainer, "auto")
+    assert mode == "checkpoint" and "FSDP / DeepSpeed" in reason
+    for requested in ("device", "cpu"):
+        with pytest.raises(ValueError, match="`branch_restore`"):
+            branching.choose_branch_restore(trainer, requested)
+    assert branching.choose_branch_restore(trainer, "checkpoint")[0] == "checkpoint"
+
+
+def test_auto_on_a_full_gpu_falls_back_to_host_memory_then_to_checkpoints(monkeypatch):
+    trainer = fake_trainer(device="cuda")
+    needed = branching.snapshot_bytes(trainer)
+    assert needed == 4 * (256 * 256 + 256)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * needed, 100 * needed))
+    assert branching.choose_branch_restore(trainer, "auto")[0] == "device"
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (needed, 100 * needed))  # no headroom
+    monkeypatch.setattr(branching, "_host_available_bytes", lambda: 10 * needed)
+    assert branching.choose_branch_restore(trainer, "auto")[0] == "cpu"
+    monkeypatch.setattr(branching, "_host_available_bytes", lambda: needed)
+    mode, reason = branching.choose_branch_restore(trainer, "auto")
+    assert mode == "checkpoint" and "no room" in reason
+
+
+def test_an_unknown_branch_restore_names_the_field():
+    with pytest.raises(ValueError, match="`branch_restore`"):
+        branching.choose_branch_restore(fake_trainer(), "disk")
