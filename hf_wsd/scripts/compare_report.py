@@ -78,40 +78,17 @@ def collect(output_dir: Path, methods: list[str], budgets: list[str], reference:
     return rows, records
 
 
+# The columns of every row, first in the CSV; the benchmarks' metrics follow, sorted.
+CSV_COLUMNS = ("method", "seed", "budget", "name", "step", "tokens", "compute", "total_compute", "heldout_loss",
+               "heldout_perplexity", "gap_vs_cosine_pct", "train_loss")
+
+
 def metric_columns(rows: list[dict]) -> list[str]:
-    fixed = {
-        "method",
-        "seed",
-        "budget",
-        "name",
-        "step",
-        "tokens",
-        "compute",
-        "total_compute",
-        "train_loss",
-        "gap_vs_cosine_pct",
-        "heldout_loss",
-        "heldout_perplexity",
-    }
-    return sorted({key for row in rows for key in row if key not in fixed})
+    return sorted({key for row in rows for key in row if key not in CSV_COLUMNS})
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    columns = [
-        "method",
-        "seed",
-        "budget",
-        "name",
-        "step",
-        "tokens",
-        "compute",
-        "total_compute",
-        "heldout_loss",
-        "heldout_perplexity",
-        "gap_vs_cosine_pct",
-        "train_loss",
-        *metric_columns(rows),
-    ]
+    columns = [*CSV_COLUMNS, *metric_columns(rows)]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

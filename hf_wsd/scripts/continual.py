@@ -18,7 +18,15 @@ from .. import runs
 from ..config import WSDConfig
 from .arguments import DataArguments, ModelArguments
 from .parser import RecipeParser
-from .setup import add_bundled_tasks, build_model, first_blocks, load_data, machine_defaults
+from .setup import (
+    add_bundled_tasks,
+    build_model,
+    first_blocks,
+    load_data,
+    machine_defaults,
+    start_checkpoint,
+    start_losses,
+)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "recipes" / "llama-tiny" / "continual" / "config_lora_wsd_s.yaml"
 SUMMARY_FILE = "continual_summary.json"
@@ -83,6 +91,17 @@ def heldout_losses(budget: runs.BudgetRecord) -> dict[str, float]:
     }
 
 
+def train_and_summarise(trainer, start: dict[str, float] | None, base: str) -> dict | None:
+    """Train through every budget, then write the summary on the main process (``None`` elsewhere)."""
+    args = trainer.args
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if not trainer.is_world_process_zero():
+        return None
+    if not args.budget_eval:
+        logger.warning("`budget_eval` is off: the budgets have no held-out losses to report.")
+    return write_summary(Path(args.output_dir), start, base)
+
+
 def write_summary(output_dir: Path, start: dict[str, float] | None, base: str) -> dict:
     """Upstream / downstream held-out loss of the start and of every budget, written to ``continual_summary.json``."""
     rows = [
@@ -122,13 +141,8 @@ def main(argv: Sequence[str] = ()) -> dict | None:
     from ..trainer import WSDTrainer
 
     continual, data_args, model_args, args = parser().parse(argv)
-    if not model_args.model_name_or_path:
-        raise ValueError(
-            "`model_name_or_path` is empty: continual pretraining starts from a checkpoint, e.g. a budget folder "
-            "(runs/llama-tiny-wsd-s/budgets/step800-tokens1.64M) or a from_pretrained name."
-        )
+    base = start_checkpoint(model_args, "continual pretraining")
     set_seed(args.seed)
-    base = model_args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or base)  # the original tokenizer
     data = load_data(data_args, args, tokenizer=tokenizer)
     split_seed = upstream_split_seed(continual, base, args.seed)
@@ -142,12 +156,7 @@ def main(argv: Sequence[str] = ()) -> dict | None:
     trainer = WSDTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=eval_dataset, processing_class=tokenizer
     )
-    start = None
-    if continual.baseline_eval:
-        start = {
-            key: trainer.evaluate(eval_dataset=dataset, metric_key_prefix=f"start_{key}")[f"start_{key}_loss"]
-            for key, dataset in eval_dataset.items()
-        }
+    start = start_losses(trainer) if continual.baseline_eval else None
     if trainer.is_world_process_zero():
         logger.info("%s", data.describe())
         logger.info(
@@ -161,9 +170,4 @@ def main(argv: Sequence[str] = ()) -> dict | None:
             f"{sum(p.numel() for p in trainer.model.parameters()):,}",
         )
         logger.info("plan:\n%s", trainer.plan.describe(args.learning_rate))
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    if not trainer.is_world_process_zero():
-        return None
-    if not args.budget_eval:
-        logger.warning("`budget_eval` is off: the budgets have no held-out losses to report.")
-    return write_summary(Path(args.output_dir), start, base)
+    return train_and_summarise(trainer, start, base)

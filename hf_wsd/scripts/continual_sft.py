@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import runs
-from .continual import ContinualArguments, upstream_split_seed, write_summary
+from .continual import ContinualArguments, train_and_summarise, upstream_split_seed
 from .parser import RecipeParser
-from .setup import attention_implementation, first_blocks, machine_defaults
+from .setup import attention_implementation, first_blocks, machine_defaults, start_checkpoint, start_losses
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "recipes" / "llama-tiny" / "continual_sft" / "config_wsd_s.yaml"
 logger = logging.getLogger(__name__)
@@ -123,13 +123,8 @@ def main(argv: Sequence[str] = ()) -> dict | None:
     from ..integrations.trl import WSDSFTTrainer
 
     sft_args, continual, model_args, args = parser().parse(argv)
-    if not model_args.model_name_or_path:
-        raise ValueError(
-            "`model_name_or_path` is empty: continual SFT starts from a checkpoint, e.g. a budget folder "
-            "(runs/llama-tiny-wsd-s/budgets/step800-tokens1.64M) or a from_pretrained name."
-        )
+    base = start_checkpoint(model_args, "continual SFT")
     set_seed(args.seed)
-    base = model_args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(sft_args.tokenizer_name or base)
     split_seed = upstream_split_seed(continual, base, args.seed)
     kjv = sft_args.sft_data == KJV_VERSES
@@ -153,20 +148,10 @@ def main(argv: Sequence[str] = ()) -> dict | None:
     trainer = WSDSFTTrainer(
         model=model, args=args, train_dataset=sft.train, eval_dataset=eval_dataset, processing_class=tokenizer
     )
-    start = None
-    if continual.baseline_eval:
-        start = {
-            key: trainer.evaluate(eval_dataset=dataset, metric_key_prefix=f"start_{key}")[f"start_{key}_loss"]
-            for key, dataset in trainer.eval_dataset.items()
-        }
+    start = start_losses(trainer) if continual.baseline_eval else None
     if trainer.is_world_process_zero():
         logger.info("%s", sft.describe())
         logger.info("upstream held-out (%s, split seed %d): %d blocks", continual.upstream_corpus, split_seed,
                     len(upstream))
         logger.info("plan:\n%s", trainer.plan.describe(args.learning_rate))
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    if not trainer.is_world_process_zero():
-        return None
-    if not args.budget_eval:
-        logger.warning("`budget_eval` is off: the budgets have no held-out losses to report.")
-    return write_summary(Path(args.output_dir), start, base)
+    return train_and_summarise(trainer, start, base)

@@ -18,6 +18,24 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def start_checkpoint(model_args: "ModelArguments", what: str) -> str:
+    """The checkpoint a continual recipe starts from (``model_name_or_path``), refused when empty."""
+    if not model_args.model_name_or_path:
+        raise ValueError(
+            f"`model_name_or_path` is empty: {what} starts from a checkpoint, e.g. a budget folder "
+            "(runs/llama-tiny-wsd-s/budgets/step800-tokens1.64M) or a from_pretrained name."
+        )
+    return model_args.model_name_or_path
+
+
+def start_losses(trainer) -> dict[str, float]:
+    """The starting checkpoint's held-out loss on each set of ``trainer.eval_dataset`` (a continual run's baseline)."""
+    return {
+        key: trainer.evaluate(eval_dataset=dataset, metric_key_prefix=f"start_{key}")[f"start_{key}_loss"]
+        for key, dataset in trainer.eval_dataset.items()
+    }
+
+
 def machine_defaults() -> dict[str, Any]:
     """Defaults that depend on the machine, under any config: GPU-ready on CUDA (bf16, or fp16 where bf16 is
     missing; fused AdamW), and ``use_cpu`` without a GPU (transformers joins a gloo launch only then)."""
