@@ -86,6 +86,22 @@ def tiny_trainer(output_dir, budgets, schedule="wsd-s", callbacks=None, model=No
                       train_dataset=train_dataset if train_dataset is not None else tiny_data(), callbacks=callbacks)
 
 
+def write_parquet_shards(folder, documents, n_shards=4, column="text"):
+    """A local sharded parquet folder laid out like a Hub dataset (HuggingFaceFW/fineweb-edu's sample-10BT)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    size = -(-len(documents) // n_shards)
+    for shard in range(n_shards):
+        chunk = documents[shard * size : (shard + 1) * size]
+        table = pa.table(
+            {column: chunk, "id": [f"<urn:{shard}:{i}>" for i in range(len(chunk))], "score": [3.0] * len(chunk)}
+        )
+        pq.write_table(table, folder / f"train-{shard:05d}-of-{n_shards:05d}.parquet", row_group_size=7)
+    return folder
+
+
 class CountingCollator:
     """The trainer's default collator, counting the rows it collates (a re-read batch would be collated again)."""
 

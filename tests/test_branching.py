@@ -35,10 +35,13 @@ def test_branches_in_memory_and_from_checkpoints_give_the_same_budgets(reference
     reference = reference_runs("wsd", BUDGETS)  # branch_restore="auto": a device copy on the CPU
     counter = train_start_counter()
     trainer = tiny_trainer(tmp_path, BUDGETS, "wsd", callbacks=[counter], branch_restore=mode)
-    loads = []
-    load_from_checkpoint = trainer._load_from_checkpoint
-    trainer._load_from_checkpoint = lambda folder, *args, **kwargs: (
-        loads.append(folder), load_from_checkpoint(folder, *args, **kwargs))[-1]
+    loads, load_from_checkpoint = [], trainer._load_from_checkpoint
+
+    def recording_load(folder, *args, **kwargs):  # the Trainer's checkpoint read, recorded
+        loads.append(folder)
+        return load_from_checkpoint(folder, *args, **kwargs)
+
+    trainer._load_from_checkpoint = recording_load
     trainer.train()
 
     assert trainer.branch_restore == mode

@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 import pytest
-from helpers import TINY_BLOCK, tiny_corpus, tiny_tokenizer
+from helpers import TINY_BLOCK, tiny_corpus, tiny_tokenizer, write_parquet_shards
 
 from hf_wsd import data
 
@@ -21,22 +21,6 @@ def reference_blocks(documents, tokenizer, block_size, fraction=FRACTION, seed=0
     train, _ = data.split_documents(documents, fraction, seed)
     packed = data.pack_documents([documents[i] for i in train], tokenizer, block_size)
     return np.asarray(packed.with_format("numpy")["input_ids"])
-
-
-def write_parquet_shards(folder, documents, n_shards=4, column="text"):
-    """A local sharded parquet folder laid out like a Hub dataset (HuggingFaceFW/fineweb-edu's sample-10BT)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder.mkdir(parents=True, exist_ok=True)
-    size = -(-len(documents) // n_shards)
-    for shard in range(n_shards):
-        chunk = documents[shard * size : (shard + 1) * size]
-        table = pa.table(
-            {column: chunk, "id": [f"<urn:{shard}:{i}>" for i in range(len(chunk))], "score": [3.0] * len(chunk)}
-        )
-        pq.write_table(table, folder / f"train-{shard:05d}-of-{n_shards:05d}.parquet", row_group_size=7)
-    return folder
 
 
 def test_prepared_blocks_equal_the_in_memory_packing_bitwise(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import HUB_TOKEN
+from helpers import HUB_TOKEN, write_parquet_shards
 from conftest import REPO, TINY_RECIPE
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
@@ -31,6 +31,15 @@ def run_recipe(prefix: list[str], out, corpus, schedule: str, per_device_batch: 
     return result
 
 
+def assert_same_weights(ddp, single, names) -> None:
+    """Budget folders of a 2-process and a 1-process run with the same global batch agree to 1e-5."""
+    for name in names:
+        two = load_file(ddp / "budgets" / name / "model.safetensors")
+        one = load_file(single / "budgets" / name / "model.safetensors")
+        for key in one:
+            assert torch.allclose(two[key], one[key], atol=1e-5, rtol=0), f"{name}/{key}"
+
+
 @pytest.mark.parametrize("schedule", ["wsd-s", "wsd"])
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, small_corpus, local_hub, schedule):
     publish = schedule == "wsd"  # one publisher for the harder case (branches restart training)
@@ -44,11 +53,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, sm
     assert [n.split("-")[0] for n in names] == ["step10", "step20"]
     assert names[0].endswith("tokens2.56K")  # 10 updates × 2 processes × 4 × 32 tokens
     assert ddp.stdout.count("Decayed checkpoints (") == 1  # one summary: the main process
-    for name in names:
-        two = load_file(tmp_path / "ddp" / "budgets" / name / "model.safetensors")
-        one = load_file(tmp_path / "single" / "budgets" / name / "model.safetensors")
-        for key in one:
-            assert torch.allclose(two[key], one[key], atol=1e-5, rtol=0), f"{name}/{key}"
+    assert_same_weights(tmp_path / "ddp", tmp_path / "single", names)
     if publish:
         for name in names:  # one publisher: exactly one commit per budget branch
             assert local_hub.commit_count("tester/ddp", name) == 1
@@ -56,17 +61,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, sm
 
 @pytest.fixture(scope="module")
 def parquet_shards(tmp_path_factory):
-    """The first 120 KJV chapters as 3 local parquet shards: a stand-in for a Hub dataset such as fineweb-edu."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    """The first 120 KJV chapters as 3 local parquet shards (not a multiple of 2 ranks): a stand-in for fineweb-edu."""
     from hf_wsd.data import kjv_documents
 
-    folder = tmp_path_factory.mktemp("parquet")
-    chapters = kjv_documents()[:120]
-    for shard in range(3):
-        pq.write_table(pa.table({"text": chapters[shard::3]}), folder / f"train-{shard:05d}-of-00003.parquet")
-    return folder
+    return write_parquet_shards(tmp_path_factory.mktemp("parquet"), kjv_documents()[:120], n_shards=3)
 
 
 def test_two_processes_on_a_stream_prepare_nothing_and_match_one_process(tmp_path, parquet_shards):
@@ -78,11 +76,7 @@ def test_two_processes_on_a_stream_prepare_nothing_and_match_one_process(tmp_pat
     assert not (cache / "prepared").exists()  # streamed: nothing was tokenized ahead of training
     names = sorted(p.name for p in (tmp_path / "single" / "budgets").iterdir() if p.name.startswith("step"))
     assert [n.split("-")[0] for n in names] == ["step10", "step20"]
-    for name in names:
-        two = load_file(tmp_path / "ddp" / "budgets" / name / "model.safetensors")
-        one = load_file(tmp_path / "single" / "budgets" / name / "model.safetensors")
-        for key in one:
-            assert torch.allclose(two[key], one[key], atol=1e-5, rtol=0), f"{name}/{key}"
+    assert_same_weights(tmp_path / "ddp", tmp_path / "single", names)
     # Each rank kept its own stream position in every checkpoint.
     checkpoints = sorted((tmp_path / "ddp").glob("checkpoint-*"))
     assert checkpoints

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import TINY_BLOCK, tiny_corpus, tiny_tokenizer
-from test_data_prepared import FRACTION, reference_blocks, write_parquet_shards
+from helpers import TINY_BLOCK, tiny_corpus, tiny_tokenizer, write_parquet_shards
+from test_data_prepared import FRACTION, reference_blocks
 
 from hf_wsd import data
 
