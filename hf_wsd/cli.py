@@ -77,6 +77,8 @@ def _forecast(args: argparse.Namespace) -> int:
     from .runs import PLAN_FILE
 
     log = read_log(args.run_or_log)
+    if args.suggest_decay is not None:
+        return _suggest_decay(args, log)
     if args.budgets:
         plan = _plan_from_args(args)
     elif log.plan is not None:
@@ -85,8 +87,15 @@ def _forecast(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.run_or_log} holds no hf_wsd plan: give the budgets to forecast (as for `hf-wsd plan`)."
         )
-    fit = forecast.fit_law(log, args.law)
-    rows = [f.to_dict() for f in forecast.forecast_plan(fit, plan, args.peak_lr)]
+    if args.budgets:  # a plan other than the run's own: bounded cross-schedule forecasts, refused where unsupported
+        from .forecast_cross import ScheduleForecaster, forecast_plan_bounded
+
+        forecaster = ScheduleForecaster(log, args.law)
+        fit = forecaster.law_fit()
+        rows = forecast_plan_bounded(forecaster, plan, args.peak_lr)
+    else:
+        fit = forecast.fit_law(log, args.law)
+        rows = [f.to_dict() for f in forecast.forecast_plan(fit, plan, args.peak_lr)]
     run_dir = Path(args.run_or_log) if (Path(args.run_or_log) / PLAN_FILE).is_file() else None
     records = {r["step"]: r for r in budget_losses(run_dir) if r["schedule"] == plan.schedule} if run_dir else {}
     for row in rows:
@@ -115,6 +124,18 @@ def _forecast(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suggest_decay(args: argparse.Namespace, log) -> int:
+    import json
+
+    from .forecast_cross import ScheduleForecaster, advice_text, suggest_decay
+
+    warmup = args.warmup_steps or (log.plan.warmup_steps if log.plan is not None else 0)
+    rows = suggest_decay(ScheduleForecaster(log, args.law), args.suggest_decay, warmup_steps=warmup,
+                         min_lr_ratio=args.min_lr_ratio)
+    print(json.dumps(rows, indent=1) if args.json else advice_text(rows, args.suggest_decay))
+    return 0
+
+
 def _forecast_table(rows: list[dict]) -> str:
     from .plan import format_tokens
 
@@ -126,6 +147,9 @@ def _forecast_table(rows: list[dict]) -> str:
     lines = [header]
     for row in rows:
         tokens = format_tokens(row["tokens"]) if row["tokens"] else "-"
+        if row["predicted_loss"] is None:
+            lines.append(f"{row['budget']:<22} {row['step']:>7} {tokens:>7}  refused: {row.get('note')}")
+            continue
         lines.append(
             f"{row['budget']:<22} {row['step']:>7} {tokens:>7}  {row['predicted_loss']:>10.4f} "
             f"{row['low']:>7.4f}–{row['high']:<7.4f}  {row['predicted_decay_mean']:>10.4f} "
@@ -291,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     forecast.add_argument("--law", default="auto", choices=("auto", "mpl", "momentum"),
                           help="auto: the law with the lower error on the held-out end of the log")
     forecast.add_argument("--json", action="store_true", help="print the forecasts as a JSON list")
+    forecast.add_argument("--suggest-decay", type=int, metavar="BUDGET",
+                          help="compare WSD decay fractions (5–40 %%) and shapes for a budget of BUDGET updates by the "
+                               "fitted law, against the 20 %% linear decay, with 90 %% bands")
     forecast.set_defaults(run=_forecast)
     push = commands.add_parser("push", help="publish the budgets of OUTPUT_DIR that the ledger lacks")
     push.add_argument("output_dir")

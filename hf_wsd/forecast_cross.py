@@ -1,0 +1,447 @@
+"""Forecasts for schedules unlike the log: bounded annealing gains, a plausibility floor, refusals, calibrated bands.
+
+A law fitted to a WSD-S log has seen a few short decays. Asked about a cosine or a long WSD decay it extrapolates its
+annealing term (``C·S2`` for the momentum law, ``B·Σ d_k·G(…)`` for MPL) far beyond anything the log shows. Here:
+
+- **bounded gain**: the annealing gain of a forecast (the law's loss without its annealing term minus with it) is
+  capped at ``GAIN_FACTOR`` × the largest gain the law gives at the end of a decay *of the log* (in-sample, where the
+  data pins it). MPL's saturating ``G`` is bounded by itself (``B`` × the drop); the momentum law's ``S2`` is not.
+- **floor**: no forecast falls below the run's best decayed loss by more than the law's progress in ``S1`` from there
+  plus the bounded gain.
+- **law choice in the direction asked**: every law is refitted with each of the log's decays held out in turn and
+  scored on the held-out decays, the longest counting most; the lower error wins.
+- **band**: the spread of those leave-one-decay-out refits and of moving-block bootstrap refits (warm-started, a
+  few each), the law's error on the held-out decays, and the noise of the target window, combined in log units.
+- **refusal** (:class:`ForecastRefused`, a ``ValueError``) instead of a number when the plan's peak LR exceeds the
+  log's, its horizon is more than ``MAX_HORIZON`` × the log's, its final decay is more than ``MAX_DECAY_RATIO`` ×
+  the log's longest, or the 90 % band is wider than ``MAX_BAND_WIDTH`` of the prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from .forecast import (
+    BAND_Z,
+    MIN_DECAY,
+    MIN_DECAYS,
+    LawFit,
+    _bounds,
+    _check_enough,
+    _decay_count,
+    _evaluate,
+    _inside,
+    _noise_scale,
+    _prepare,
+    fit_law,
+)
+from .forecast_logs import TrainingLog
+from .loss_laws import _LAW_FUNCTIONS, LAWS, _internal, _public
+
+logger = logging.getLogger(__name__)
+
+GAIN_FACTOR = 1.5  # a forecast's annealing gain is at most this × the largest gain at the end of a logged decay
+MAX_DECAY_RATIO = 25.0  # refuse a final decay losing more than this × the LR area of the log's longest decay
+MAX_HORIZON = 4.0  # refuse forecasts beyond this × the log's last update
+MAX_BAND_WIDTH = 0.15  # refuse when the 90 % band (high - low) is wider than this fraction of the prediction
+BOOTSTRAP = 6  # moving-block bootstrap refits
+BLOCKS = 8  # blocks of the bootstrap (each a contiguous run of entries)
+MAX_HELD_OUT = 4  # leave-one-decay-out refits: the last (longest-first) decays of the log
+
+
+class ForecastRefused(ValueError):
+    """The question is beyond what the log supports; ``reason`` says why (also the message)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Decay:
+    """A decay of the log: the LR below ``1 - MIN_DECAY`` of peak on ``curve`` for updates ``start … end-1``."""
+
+    curve: int
+    start: int
+    end: int
+    area_lost: float  # Σ (1 - lr/peak) over the decay, in peak-LR updates
+
+
+def find_decays(lr: np.ndarray, curve: int = 0, from_update: int = 0) -> list[Decay]:
+    """Decays of a normalised LR path (peak 1) after its first update at peak (warmup is not a decay)."""
+    first_peak = int(np.argmax(lr >= lr.max() * (1 - 1e-9)))
+    below = np.asarray(lr) < 1.0 - MIN_DECAY
+    below[: max(first_peak, from_update)] = False
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], below.astype(int), [0]])))
+    return [Decay(curve, int(a), int(b), float(np.sum(1.0 - lr[a:b]))) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def log_decays(log: TrainingLog) -> list[Decay]:
+    """Every decay in the log's curves (a WSD branch: only its own part after the main path)."""
+    decays = []
+    for index, curve in enumerate(log.curves):
+        lr = curve.lr[: int(curve.end[-1])] / log.peak_lr if len(curve.end) else curve.lr[:0]
+        from_update = int(curve.start[0]) if index else 0
+        decays += [d for d in find_decays(lr, index, from_update) if not (index and d.start < from_update)]
+    return decays
+
+
+@dataclass(frozen=True)
+class CrossForecast:
+    """A forecast of the mean loss of updates ``start … end-1`` along a plan's LR path (``end - start == 1``: the
+    loss of the weights after ``start`` updates), its 90 % band, and what bounded it."""
+
+    start: int
+    end: int
+    predicted: float
+    low: float
+    high: float
+    law: str
+    gain: float  # the annealing gain in the forecast (after the cap)
+    gain_cap: float
+    capped: bool
+    floor: float
+    decay_ratio: float  # the plan's final decay / the log's longest, in LR area lost
+    spread: dict = field(default_factory=dict)  # log-unit parts of the band
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ScheduleForecaster:
+    """Fits once (every law the log supports, their held-out-decay and bootstrap refits); answers any LR path.
+
+    ``law``: ``"auto"`` (chosen on the held-out decays), ``"mpl"`` or ``"momentum"``.
+    """
+
+    def __init__(self, log: TrainingLog, law: str = "auto", bootstrap: int = BOOTSTRAP):
+        if law not in (*LAWS, "auto"):
+            raise ValueError(f"unknown `law` {law!r}; choose auto, {', '.join(LAWS)}.")
+        self.log = log
+        self.decays = log_decays(log)
+        self.data = _prepare(log)
+        candidates, problems = [], []
+        for name in LAWS if law == "auto" else (law,):
+            try:
+                _check_enough(log, self.data, name, strict=law == "auto")
+                candidates.append(name)
+            except ValueError as error:
+                problems.append(error)
+        if not candidates:
+            raise problems[-1]
+        self.fits = {name: fit_law(log, name) for name in candidates}
+        self.refits = {name: self._refits(name, bootstrap) for name in candidates}
+        scores = {name: self.refits[name]["decay_error"] for name in candidates}
+        scored = {n: s for n, s in scores.items() if s is not None}
+        self.law = min(scored, key=scored.get) if scored else candidates[-1]
+        self.scores = scores
+        self.noise = _noise_scale(self.data)
+        logger.info("cross-schedule law for %s: %s (held-out-decay errors: %s)", log.source, self.law, scores)
+
+    # ------------------------------------------------------------------------------------------------ refits
+    def _refits(self, law: str, bootstrap: int) -> dict:
+        """Leave-one-decay-out and moving-block bootstrap refits, warm-started from the full fit."""
+        theta = _internal(law, self.fits[law].params)
+        starts = np.concatenate([c.start for c in self.log.curves])
+        ends = np.concatenate([c.end for c in self.log.curves])
+        curve_of = np.concatenate([np.full(len(c.start), i) for i, c in enumerate(self.log.curves)])
+        held_out, errors, weights = [], [], []
+        ranked = sorted(self.decays, key=lambda d: (d.area_lost, d.end))[-MAX_HELD_OUT:]
+        for decay in ranked if len(self.decays) >= 2 else []:
+            inside = (curve_of == decay.curve) & (starts >= decay.start) & (ends <= decay.end + 1)
+            train, test = _prepare(self.log, keep=~inside), _prepare(self.log, keep=inside)
+            if not len(test.loss) or _decay_count(train) < MIN_DECAYS[law] - (law == "mpl"):
+                continue
+            refit = _polish(train, law, theta)
+            mean, _ = _evaluate(test, law, refit)
+            error = np.log(np.maximum(mean, 1e-10)) - np.log(test.loss)
+            w = test.weight / test.weight.sum()
+            held_out.append(refit)
+            errors.append(float(w @ error))  # the held-out decay's bias: noise averages out, misfit does not
+            weights.append(decay.area_lost)
+        # RMS of the held-out decays' biases, the longest counting most: the law's error in the direction asked.
+        decay_error = float(np.sqrt(np.average(np.square(errors), weights=weights))) if errors else None
+        boot = []
+        n = len(self.data.loss)
+        blocks = np.array_split(np.arange(n), min(BLOCKS, n))
+        rng = np.random.default_rng(0)  # deterministic: the same log gives the same band
+        for _ in range(bootstrap):
+            counts = np.bincount(rng.integers(0, len(blocks), len(blocks)), minlength=len(blocks))
+            scale = np.concatenate([np.full(len(b), c) for b, c in zip(blocks, counts)]).astype(float)
+            boot.append(_polish(self.data, law, theta, scale))
+        return {"held_out": held_out, "decay_error": decay_error, "bootstrap": boot}
+
+    # ------------------------------------------------------------------------------------------------ forecasts
+    def predict(
+        self, lr: np.ndarray, start: int, end: int, law: str | None = None, refuse: bool = True, observed: bool = True
+    ) -> CrossForecast:
+        """Mean loss of updates ``start … end-1`` along the absolute LR path ``lr`` (at least ``end - 1`` long).
+
+        ``observed``: the band also holds the noise of the logged training losses in that window (compare with a
+        logged mean); ``False`` for the loss of the weights (a held-out loss, much less noisy).
+        ``refuse``: raise :class:`ForecastRefused` when the question is beyond the log (else forecast anyway).
+        """
+        law = law or self.law
+        fit = self.fits[law]
+        ratio_lr = np.asarray(lr, dtype=float)[:end] / fit.lr_scale
+        end = max(end, start + 1)
+        reasons = []
+        if ratio_lr.max() > 1.05:
+            reasons.append(
+                f"the plan's peak LR is {ratio_lr.max():.2f}× the log's: the laws are fitted in units of the "
+                "log's peak and say nothing about a higher one; forecast with a log at that peak"
+            )
+        last = end - 1  # the weights after ``last`` updates are the last ones asked about
+        what = f"the loss after {start} updates" if end - start == 1 else f"the mean loss of updates {start}–{last}"
+        if last > MAX_HORIZON * self.log.last_step:
+            reasons.append(
+                f"update {last} is {last / self.log.last_step:.1f}× the log's last ({self.log.last_step}); forecasts "
+                f"reach at most {MAX_HORIZON:g}× the log"
+            )
+        target = find_decays(ratio_lr)
+        longest = max((d.area_lost for d in self.decays), default=0.0)
+        final = target[-1].area_lost if target and target[-1].end >= end - 1 else 0.0
+        decay_ratio = final / longest if longest else float("inf")
+        if decay_ratio > MAX_DECAY_RATIO:
+            reasons.append(
+                f"the plan's final decay loses {decay_ratio:.0f}× the LR area of the longest decay in the log "
+                f"({longest:.1f} peak-LR updates); beyond {MAX_DECAY_RATIO:g}× the annealing gain is not supported "
+                "by the log — fit on a log with a longer decay (a WSD branch, a longer WSD-S decay)"
+            )
+        if reasons and refuse:
+            raise ForecastRefused(f"{self.log.source}: no forecast of {what}: " + "; ".join(reasons))
+        theta = _internal(law, fit.params)
+        cap = GAIN_FACTOR * self._largest_gain(law, theta)
+        floor = self._floor(law, theta, ratio_lr, start, end, cap)
+        value, gain, capped = self._bounded(law, theta, ratio_lr, start, end, cap, floor)
+        refits = self.refits[law]
+        boot = [np.log(self._bounded(law, t, ratio_lr, start, end, cap, floor)[0] / value) for t in refits["bootstrap"]]
+        jack = [np.log(self._bounded(law, t, ratio_lr, start, end, cap, floor)[0] / value) for t in refits["held_out"]]
+        parts = {
+            "bootstrap": float(np.sqrt(np.mean(np.square(boot)))) if boot else 0.0,
+            "held_out_decays": float(np.sqrt(np.mean(np.square(jack)))) if jack else 0.0,
+            "decay_error": refits["decay_error"] or 0.0,
+            "target_noise": self.noise / np.sqrt(max(end - start, 1)) if observed else 0.0,
+        }
+        spread = float(np.sqrt(sum(v**2 for v in parts.values())))
+        width = min(BAND_Z * spread, 5.0)
+        low, high = value * float(np.exp(-width)), value * float(np.exp(width))
+        if refuse and (high - low) / value > MAX_BAND_WIDTH:
+            raise ForecastRefused(
+                f"{self.log.source}: no forecast of {what}: the {law} law's 90 % band "
+                f"[{low:.4g}, {high:.4g}] spans {100 * (high - low) / value:.0f} % of the prediction {value:.4g}, more "
+                f"than the {100 * MAX_BAND_WIDTH:.0f} % a forecast is useful within (refits on held-out decays and "
+                "resampled log segments disagree); forecast nearer the log or log a longer run"
+            )
+        return CrossForecast(start, end, value, low, high, law, gain, cap, capped, floor, decay_ratio, parts)
+
+    def _gain(self, law: str, theta: np.ndarray, lr: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The law's loss along ``lr`` at ``steps`` and its annealing gain (loss without the term minus with it)."""
+        loss = _LAW_FUNCTIONS[law](lr, steps, theta)[0]
+        flat = theta.copy()
+        flat[3] = 0.0  # the annealing term's amplitude (MPL's B, momentum's C)
+        return loss, _LAW_FUNCTIONS[law](lr, steps, flat)[0] - loss
+
+    def _largest_gain(self, law: str, theta: np.ndarray) -> float:
+        gains = []
+        for decay in self.decays:
+            lr = self.log.curves[decay.curve].lr / self.log.peak_lr
+            gains.append(float(self._gain(law, theta, lr, np.array([decay.end]))[1][0]))
+        return max(gains, default=0.0)
+
+    def _floor(self, law: str, theta: np.ndarray, lr: np.ndarray, start: int, end: int, cap: float) -> float:
+        """The run's best decayed loss, less the law's progress in S1 from there to the target, less the cap."""
+        best, best_step, best_lr = np.inf, None, None
+        for decay in self.decays:
+            curve = self.log.curves[decay.curve]
+            near = (curve.end > decay.end - max(3, (decay.end - decay.start) // 5)) & (curve.end <= decay.end + 1)
+            if near.any() and float(curve.loss[near].mean()) < best:
+                best, best_step, best_lr = float(curve.loss[near].mean()), decay.end, curve.lr / self.log.peak_lr
+        if best_step is None:
+            return 0.0
+        L0, A, alpha = theta[:3]
+        area_best = float(np.sum(best_lr[:best_step]))
+        area_target = float(np.mean(np.cumsum(lr)[np.arange(start, end) - 1])) if start else float(lr[0])
+        progress = A * (area_best**-alpha - max(area_target, 1e-9) ** -alpha)
+        return max(best - progress - cap, 0.0)
+
+    def _bounded(self, law, theta, lr, start, end, cap, floor) -> tuple[float, float, bool]:
+        steps = np.arange(start, end)
+        loss, gain = self._gain(law, theta, lr, steps)
+        bounded = np.maximum(loss + np.maximum(gain - cap, 0.0), floor)
+        return float(bounded.mean()), float(np.minimum(gain, cap).mean()), bool((gain > cap).any())
+
+    def law_fit(self, law: str | None = None) -> LawFit:
+        return self.fits[law or self.law]
+
+
+def _polish(data, law: str, theta: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """One warm-started robust refit (``scale`` multiplies the entries' weights: a bootstrap resample)."""
+    weight = data.weight if scale is None else data.weight * scale
+    root, log_loss = np.sqrt(weight), np.log(data.loss)
+    low, high = _bounds(law, data)
+
+    def residual(t):
+        return root * (np.log(np.maximum(_evaluate(data, law, t)[0], 1e-10)) - log_loss)
+
+    def jacobian(t):
+        mean, jac = _evaluate(data, law, t, jac=True)
+        return root[:, None] * jac / np.maximum(mean, 1e-10)[:, None]
+
+    result = least_squares(
+        residual,
+        _inside(theta, low, high),
+        jac=jacobian,
+        bounds=(low, high),
+        loss="huber",
+        f_scale=1.345 * _noise_scale(data),
+        x_scale="jac",
+        max_nfev=15,
+    )
+    logger.debug("%s refit: %s", law, _public(law, result.x))
+    return result.x
+
+
+def forecast_plan_bounded(forecaster: ScheduleForecaster, plan, peak_lr: float | None = None) -> list[dict]:
+    """Every budget of ``plan`` (any schedule), bounded: rows shaped as :class:`hf_wsd.forecast.BudgetForecast`'s,
+    plus ``capped``; a refused budget has ``None`` numbers and ``note`` (the reason)."""
+    from .forecast import budget_lr
+
+    rows = []
+    for budget in plan.budgets:
+        lr = budget_lr(plan, budget, forecaster.log.peak_lr if peak_lr is None else peak_lr)
+        row = {"budget": budget.name, "index": budget.index, "step": budget.step, "tokens": budget.tokens}
+        try:
+            final = forecaster.predict(lr, budget.step, budget.step + 1, observed=False)
+            decay = forecaster.predict(lr, budget.decay_start, budget.step)
+        except ForecastRefused as error:
+            numbers = dict.fromkeys(
+                ("predicted_loss", "low", "high", "predicted_decay_mean", "decay_low", "decay_high")
+            )
+            rows.append(
+                {**row, **numbers, "law": None, "fit_until_step": forecaster.log.last_step, "note": error.reason}
+            )
+            continue
+        rows.append(
+            {
+                **row,
+                "predicted_loss": final.predicted,
+                "low": final.low,
+                "high": final.high,
+                "predicted_decay_mean": decay.predicted,
+                "decay_low": decay.low,
+                "decay_high": decay.high,
+                "law": final.law,
+                "fit_until_step": forecaster.log.last_step,
+                "capped": final.capped or decay.capped,
+            }
+        )
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ decay advice
+ADVICE_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.4)
+ADVICE_SHAPES = ("linear", "cosine", "1-sqrt")
+BASELINE = (0.2, "linear")  # the recipe's default decay
+
+
+def suggest_decay(
+    forecaster: ScheduleForecaster,
+    budget: int,
+    warmup_steps: int = 0,
+    fractions=ADVICE_FRACTIONS,
+    shapes=ADVICE_SHAPES,
+    min_lr_ratio: float = 0.0,
+) -> list[dict]:
+    """WSD decays of ``budget`` updates compared by the fitted law: one row per (fraction, shape), lowest first.
+
+    Each row: the final loss and its 90 % band (:meth:`ScheduleForecaster.predict`, ``observed=False``), and its
+    difference from the recipe's 20 % linear decay with a 90 % band from the same refits (paired: the spread of the
+    difference, not of each loss). Refused candidates carry ``note`` instead of numbers.
+    """
+    from .plan import BudgetPlan
+
+    peak = forecaster.log.peak_lr
+    candidates = [(f, s) for f in fractions for s in shapes]
+    if BASELINE not in candidates:
+        candidates.append(BASELINE)
+    law = forecaster.law
+    theta = _internal(law, forecaster.fits[law].params)
+    refits = forecaster.refits[law]["bootstrap"] + forecaster.refits[law]["held_out"]
+    paths, rows = {}, []
+    for fraction, shape in candidates:
+        plan = BudgetPlan(
+            [budget],
+            "wsd",
+            warmup_steps=warmup_steps,
+            decay_fraction=fraction,
+            decay_shape=shape,
+            min_lr_ratio=min_lr_ratio,
+        )
+        paths[(fraction, shape)] = peak * np.array([plan.lr_ratio(n) for n in range(budget)])
+    base_path = paths[BASELINE] / peak
+    cap = GAIN_FACTOR * forecaster._largest_gain(law, theta)
+
+    def value(t, lr):
+        floor = forecaster._floor(law, t, lr, budget, budget + 1, cap)
+        return forecaster._bounded(law, t, lr, budget, budget + 1, cap, floor)[0]
+
+    base = [value(t, base_path) for t in [theta, *refits]]
+    for (fraction, shape), lr in paths.items():
+        row = {"decay_fraction": fraction, "decay_shape": shape, "decay_steps": round(fraction * budget)}
+        try:
+            forecast = forecaster.predict(lr, budget, budget + 1, observed=False)
+        except ForecastRefused as error:
+            rows.append({**row, "predicted_loss": None, "note": error.reason})
+            continue
+        ratio = [np.log(value(t, lr / peak) / b) for t, b in zip([theta, *refits], base)]
+        spread = float(np.sqrt(np.mean(np.square(np.array(ratio[1:]) - ratio[0])))) if len(ratio) > 1 else 0.0
+        rows.append(
+            {
+                **row,
+                "predicted_loss": forecast.predicted,
+                "low": forecast.low,
+                "high": forecast.high,
+                "vs_baseline": float(np.expm1(ratio[0])),
+                "vs_baseline_low": float(np.expm1(ratio[0] - BAND_Z * spread)),
+                "vs_baseline_high": float(np.expm1(ratio[0] + BAND_Z * spread)),
+                "law": law,
+                "capped": forecast.capped,
+            }
+        )
+    return sorted(rows, key=lambda r: (r["predicted_loss"] is None, r["predicted_loss"] or 0.0))
+
+
+def advice_text(rows: list[dict], budget: int) -> str:
+    """A table of :func:`suggest_decay` and a one-line verdict."""
+    lines = [
+        f"{'fraction':>8} {'shape':<8} {'steps':>6}  {'final loss':>10} {'90% band':>17}  {'vs 20% linear':>13} "
+        f"{'90% band':>17}"
+    ]
+    for r in rows:
+        if r["predicted_loss"] is None:
+            lines.append(
+                f"{r['decay_fraction']:>8.2f} {r['decay_shape']:<8} {r['decay_steps']:>6}  refused: {r['note']}"
+            )
+            continue
+        lines.append(
+            f"{r['decay_fraction']:>8.2f} {r['decay_shape']:<8} {r['decay_steps']:>6}  {r['predicted_loss']:>10.4f} "
+            f"{r['low']:>8.4f}–{r['high']:<8.4f}  {100 * r['vs_baseline']:>+12.2f}% "
+            f"{100 * r['vs_baseline_low']:>+7.2f}…{100 * r['vs_baseline_high']:<+7.2f}%"
+        )
+    best = next((r for r in rows if r["predicted_loss"] is not None), None)
+    if best is None:
+        lines.append(f"no decay of budget {budget} could be forecast from this log.")
+    else:
+        sure = best["vs_baseline_high"] < 0
+        lines.append(
+            f"lowest predicted at budget {budget}: a {best['decay_shape']} decay over {best['decay_fraction']:.0%} "
+            f"({best['decay_steps']} updates), {100 * best['vs_baseline']:+.2f} % against 20 % linear "
+            f"(90 % band {100 * best['vs_baseline_low']:+.2f} … {100 * best['vs_baseline_high']:+.2f} %)"
+            + ("" if sure else "; the band includes no gain: keep the 20 % linear decay")
+        )
+    return "\n".join(lines)
