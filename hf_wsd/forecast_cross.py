@@ -44,7 +44,7 @@ from .loss_laws import _LAW_FUNCTIONS, LAWS, _internal, _public
 
 logger = logging.getLogger(__name__)
 
-GAIN_FACTOR = 1.5  # a forecast's annealing gain is at most this × the largest gain at the end of a logged decay
+GAIN_FACTOR = 4.0  # a forecast's annealing gain is at most this × the largest gain at the end of a logged decay
 MAX_DECAY_RATIO = 25.0  # refuse a final decay losing more than this × the LR area of the log's longest decay
 MAX_HORIZON = 4.0  # refuse forecasts beyond this × the log's last update
 MAX_BAND_WIDTH = 0.15  # refuse when the 90 % band (high - low) is wider than this fraction of the prediction
