@@ -29,7 +29,7 @@ from typing import Any
 from transformers import Trainer
 from transformers.trainer_callback import CallbackHandler
 
-from . import averaging, branching, lean, live, runs
+from . import averaging, branching, lean, live, run_lock, runs
 from .config import WSDArguments
 from .events import BudgetReached, dispatch
 from .data.feed import FeedLoader, UpdateFeed, is_map_style
@@ -195,6 +195,10 @@ class WSDMixin:
     # ------------------------------------------------------------------------------------------- the run
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """Train through every budget of the plan; ``resume_from_checkpoint`` continues or extends a run."""
+        with run_lock.hold(self.output_path, self.args.process_index == 0, self._from_main):  # one launch per run
+            return self._train_plan(resume_from_checkpoint, *args, **kwargs)
+
+    def _train_plan(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         checkpoint = self._prepare_run(resume_from_checkpoint)
         logger.info("Budget plan:\n%s", self.plan.describe(self.args.learning_rate))
         if self.mixture is not None:
@@ -233,12 +237,8 @@ class WSDMixin:
         output_dir = self.output_path
         saved = runs.read_run(output_dir)
         if resume in (None, False):
-            if saved is not None and not self.args.overwrite_output_dir:
-                raise ValueError(
-                    f"`output_dir` {output_dir} already holds a WSD run ({runs.plan_from_dict(saved['plan'])!r}): "
-                    "pass resume_from_checkpoint=True to continue or extend it, overwrite_output_dir=True to start "
-                    "over, or choose another output_dir."
-                )
+            run_lock.start_fresh(output_dir, saved, self.args.overwrite_output_dir, self.args.should_save)
+            self.accelerator.wait_for_everyone()  # an overwritten run is gone on every rank's view
             record, checkpoint = runs.new_run_record(self.plan), None
         elif saved is None:
             raise ValueError(f"`resume_from_checkpoint`: {output_dir} holds no WSD run ({runs.PLAN_FILE} is missing).")
