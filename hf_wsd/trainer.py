@@ -31,6 +31,7 @@ from transformers.trainer_callback import CallbackHandler
 
 from . import averaging, branching, lean, live, run_lock, runs
 from .config import WSDArguments
+from .divergence import DivergenceGuard, any_rank
 from .events import BudgetReached, dispatch
 from .data.feed import FeedLoader, UpdateFeed, is_map_style
 from .live_trainer import LiveRun
@@ -118,6 +119,8 @@ class WSDMixin:
         self.mixture = mixture_for_run(self.args, self.plan, self.decay_datasets, self.train_dataset, self.model,
                                        self._examples_per_update, _data_seed(self.args))
         self.output_path = Path(self.args.output_dir)
+        self.divergence = DivergenceGuard(args.on_divergence, self.output_path, args.learning_rate,
+                                          any_rank(self.accelerator))  # non-finite loss or weights (divergence.py)
         self.run_id: str | None = None
         self.feed: UpdateFeed | None = None
         self.branch_restore: str | None = None  # decided when training starts (it needs the optimizer)
@@ -172,6 +175,11 @@ class WSDMixin:
             self.lr_scheduler = get_budget_plan_scheduler(optimizer or self.optimizer, self.plan)
             self._created_lr_scheduler = True
         return self.lr_scheduler
+
+    def training_step(self, *args, **kwargs):
+        loss = super().training_step(*args, **kwargs)
+        self.divergence.observe(loss)  # checked once per update, before anything is saved
+        return loss
 
     def get_train_dataloader(self) -> FeedLoader:
         """The update-indexed feed over ``train_dataset`` (built once; the Trainer iterates it)."""
@@ -318,6 +326,7 @@ class WSDMixin:
         first_call = step != self._handled_step  # the Trainer calls this twice on an epoch's last update
         self._handled_step = step
         if first_call:
+            self.divergence.check_update(step)  # a non-finite loss stops the run before any save (on_divergence)
             self._updates_done += 1
             if self.meter is not None:
                 self.meter.update(self._updates_done, self._tokens_done())
@@ -340,6 +349,9 @@ class WSDMixin:
         # without the budget's folder (a kill between the two would lose the budget for good).
         self._reach_due_budgets(self.state.global_step)
         self._maybe_preview(self.state.global_step, at_checkpoint=True)  # likewise before the checkpoint
+        step = self.state.global_step
+        if not self.divergence.weights_finite(self.model, step, f"{runs.CHECKPOINT_PREFIX}{step}"):
+            return  # on_divergence="warn": the last good checkpoint stays the newest
         with self._paused():
             # hf_wsd's own state goes in before the Trainer's files: their trainer_state.json marks it complete.
             folder = runs.checkpoint_folder(self._get_output_dir(trial=None), self.state.global_step)
@@ -499,6 +511,8 @@ class WSDMixin:
         replayed = self._written(budget)
         if replayed:
             logger.info("%s was written before this resume; not rewriting it.", budget.name)
+        elif not self.divergence.weights_finite(self.model, budget.step, f"budget {budget.name}"):
+            return  # on_divergence="warn": never written, so never evaluated, carded or published
         else:
             tmp = runs.temporary_folder(self.output_path, budget)  # moved into place only once complete
             self.save_model(str(tmp), _internal_call=True)  # every rank: FSDP and DeepSpeed gather the weights
