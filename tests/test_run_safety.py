@@ -107,3 +107,33 @@ def test_the_lock_is_released_when_training_fails(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         tiny_trainer(tmp_path, (10,), callbacks=[Boom()]).train()
     assert not run_lock.lock_path(tmp_path).exists()
+
+
+# ----------------------------------------------------------------------------------------------- the Hub
+def test_a_refused_token_or_repo_is_reported_before_step_0_with_the_fix(tmp_path, local_hub, monkeypatch):
+    from hf_wsd.hub_upload import HubAccessError
+
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong-token-not-a-secret")
+    with pytest.raises(HubAccessError, match=r"does not accept the token \(.*401.*HF_TOKEN.*hf auth login") as refused:
+        tiny_run(tmp_path, (10,), push="tester/run")
+    assert "hf_wrong" not in str(refused.value)  # the token itself is never shown
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    local_hub.forbidden_namespaces.add("someone-else")
+    with pytest.raises(HubAccessError, match=r"tester cannot create or write someone-else/run \(.*403.*"
+                                             r"`hub_model_id` to a repo in your namespace \(tester/NAME\)"):
+        tiny_run(tmp_path, (10,), push="someone-else/run")
+    assert not (tmp_path / runs.PLAN_FILE).exists()  # refused when the trainer is built: nothing trained
+    tiny_run(tmp_path, (10,), push="tester/run")  # a good token and repo: the repo exists before step 0
+    assert "tester/run" in local_hub.repos
+
+
+def test_a_changed_hub_model_id_on_resume_publishes_the_whole_run_to_the_new_repo(tmp_path, local_hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    tiny_run(tmp_path, (10, 20), push="tester/first", save_steps=5).train()
+    tiny_run(tmp_path, (10, 20, 30), push="tester/second", save_steps=5).train(resume_from_checkpoint=True)
+    names = {folder.name for folder in budget_dirs(tmp_path).values()}
+    for repo in ("tester/first", "tester/second"):
+        assert names - {"step30-tokens1.92K"} <= set(local_hub.repos[repo].branches), repo
+    assert names <= set(local_hub.repos["tester/second"].branches)
+    main = json.loads(local_hub.branch_files("tester/second", "main")["budget.json"])
+    assert main["step"] == 30
