@@ -245,7 +245,8 @@ def _budget(args: argparse.Namespace) -> int:
 
     current = read_status(args.output_dir)
     known = current["main_step"] if current["state"] != "not started" else None  # a lower bound of the next check
-    request = live.write_request(args.output_dir, args.action, args.value, args.unit, current_step=known)
+    request = live.write_request(args.output_dir, args.action, args.value, args.unit, current_step=known,
+                                 allow_step_suffixes=args.allow_step_suffixes)
     print(f"request written: {request.path}")
     if current["state"] in ("finished", "stopped"):
         print(f"the run {current['state']} at update {current['step']}: it takes the request when it resumes "
@@ -273,6 +274,9 @@ def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("output_dir")
         sub.add_argument("value", help="the budget: 4000 updates or, with --unit tokens, 2.5M")
         sub.add_argument("--unit", choices=BUDGET_UNITS, help="unit of VALUE (default: the run's budget unit)")
+        sub.add_argument("--allow-step-suffixes", action="store_true",
+                         help="accept K/M/B/T on a value in updates (20K = 20,000 updates; refused by default as a "
+                              "likely token count)")
         sub.add_argument("--wait", action="store_true", help="wait for the run's decision and print it")
         sub.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits (default 600)")
 

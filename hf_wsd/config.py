@@ -139,9 +139,17 @@ class WSDArguments:
         budget_request_steps (`int`, *optional*, defaults to `1`):
             Look for `hf-wsd budget add/remove` requests every this many updates on the main path (and when a
             launch starts). With several processes each look is one small broadcast from the main process.
+        on_divergence (`str`, *optional*, defaults to `"stop"`):
+            A non-finite training loss or non-finite weights stop the run, naming the update, the value and the
+            last good checkpoint (`"stop"`), or are logged and training goes on (`"warn"`). Either way a budget
+            with non-finite weights is never written, evaluated or published.
+        allow_step_suffixes (`bool`, *optional*, defaults to `False`):
+            With `budget_unit="steps"`, accept `K`/`M`/`B`/`T` suffixes (`"20K"` = 20,000 updates); otherwise such
+            a budget is refused as a likely token count.
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):
-            Start a new run in an `output_dir` that already holds one (its budget folders are replaced as the
-            new run reaches them). Without it, such a directory is an error unless you resume.
+            Start a new run in an `output_dir` that already holds one: the old run's checkpoints, budgets, records,
+            log, requests and publishing ledger are removed first. Without it, such a directory is an error unless
+            you resume.
 
     Publishing uses the usual `push_to_hub`, `hub_model_id`, `hub_private_repo` and `hub_token`: each budget
     becomes a branch named after it, and `main` holds the newest budget.
@@ -277,9 +285,22 @@ class WSDArguments:
         default=False,
         metadata={"help": "Publish each EMA preview to its own Hub branch (main never holds one)."},
     )
+    # --- run safety (hf_wsd/divergence.py, hf_wsd/run_lock.py, hf_wsd/data fingerprints)
+    on_divergence: str = field(
+        default="stop",
+        metadata={"help": "A non-finite training loss or non-finite weights: 'stop' the run (the last good checkpoint "
+                          "stays resumable) or 'warn' and train on; a budget with non-finite weights is never "
+                          "written or published either way.", "choices": ["stop", "warn"]},
+    )
+    allow_step_suffixes: bool = field(
+        default=False,
+        metadata={"help": "Accept K/M/B/T suffixes on budgets counted in updates (budget_unit='steps'): '20K' "
+                          "then means 20,000 updates. Off, such a budget is refused as a likely token count."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Start over in an output_dir that holds another run."},
+        metadata={"help": "Start over in an output_dir that holds another run (its checkpoints, budgets, records, log "
+                          "and publishing ledger are removed first)."},
     )
 
     def __post_init__(self):
@@ -310,6 +331,7 @@ class WSDArguments:
         ):
             raise ValueError(f"`budget_request_steps` must be an integer ≥ 1; got {self.budget_request_steps!r}.")
         self._check_adapter_fields()
+        self._check_run_safety_fields()
         if self.preview_steps is not None:
             self.preview_steps = [int(s) if isinstance(s, str) and s.isdigit() else s for s in self.preview_steps]
         check_average_fields(self, plan if self.budget_unit == "steps" else None)
@@ -317,6 +339,14 @@ class WSDArguments:
         if self.max_steps == -1:
             self.max_steps = 1  # placeholder so TrainingArguments accepts the config; WSDTrainer sets the real value
         super().__post_init__()
+
+    def _check_run_safety_fields(self) -> None:
+        from .divergence import check_action
+        from .plan import check_step_suffixes
+
+        check_action(self.on_divergence)
+        if self.budget_unit == "steps":
+            check_step_suffixes(self.budgets, self.allow_step_suffixes, "budgets", "allow_step_suffixes=True")
 
     def _check_adapter_fields(self) -> None:
         """LoRA fields set without ``use_peft`` would silently train the full model: refuse them."""

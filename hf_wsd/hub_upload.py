@@ -70,6 +70,10 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, _TRANSPORT_ERRORS)
 
 
+def _status(error: BaseException) -> int | None:
+    return getattr(getattr(error, "response", None), "status_code", None)
+
+
 def _describe(error: BaseException) -> str:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
@@ -87,6 +91,15 @@ def _local_files(folder: Path) -> dict[str, Path]:
         ):
             files[relative.as_posix()] = path
     return files
+
+
+class HubAccessError(ValueError):
+    """The Hub refused the token or the repo before training: the message names the fix (never the token)."""
+
+
+_TOKEN_FIX = ("set HF_TOKEN to a token with write access (https://huggingface.co/settings/tokens), run "
+              "`hf auth login`, or pass `hub_token`; or set push_to_hub=False and publish later with "
+              "`hf-wsd push OUTPUT_DIR`.")
 
 
 class SecretInUploadError(ValueError):
@@ -165,6 +178,47 @@ class BudgetUploader:
 
     def _token(self) -> str | None:
         return self.api.token or get_token()
+
+    def check_access(self) -> None:
+        """Before step 0: the token is accepted (``whoami``) and can write the repo (created now if missing). 401 and
+        403 raise :class:`HubAccessError` naming the fix; offline mode or an unreachable Hub only log a warning (the
+        budgets are published when it is back, or by ``hf-wsd push``)."""
+        try:
+            who = self.api.whoami()
+        except OfflineModeIsEnabled:
+            logger.warning("HF_HUB_OFFLINE is set: Hub access to %s not checked; budgets will wait for `hf-wsd push`.",
+                           self.requested_repo_id)
+            return
+        except Exception as error:
+            if _status(error) is None and is_transient(error):
+                logger.warning("Could not reach the Hub to check access to %s (%s); training goes on, uploads "
+                               "retry.", self.requested_repo_id, _describe(error))
+                return
+            if _status(error) in (None, 401, 403):  # no token at all, or one the Hub does not accept
+                status = f"{_status(error)}, " if _status(error) else ""
+                raise HubAccessError(f"push_to_hub: the Hub does not accept the token ({status}{_describe(error)}): "
+                                     f"{_TOKEN_FIX}") from None
+            raise
+        user = who.get("name", "?") if isinstance(who, dict) else "?"
+        role = (who.get("auth", {}).get("accessToken", {}) or {}).get("role") if isinstance(who, dict) else None
+        if role == "read":
+            raise HubAccessError(f"push_to_hub: the token of {user} is read-only: {_TOKEN_FIX}")
+        try:
+            self.retrying(f"creating {self.requested_repo_id}", self.ensure_repo)
+        except Exception as error:
+            if _status(error) in (401, 403, 404):
+                raise HubAccessError(
+                    f"push_to_hub: {user} cannot create or write {self.requested_repo_id} ({_status(error)}, "
+                    f"{_describe(error)}): set "
+                    f"`hub_model_id` to a repo in your namespace ({user}/NAME) or in an organization you can write "
+                    "to, or use a token with write access to it."
+                ) from None
+            if is_transient(error):
+                logger.warning("Could not create %s on the Hub (%s); uploads will retry.", self.requested_repo_id,
+                               _describe(error))
+                return
+            raise
+        logger.info("Hub access checked: %s can write %s", user, self.repo_id)
 
     def ensure_repo(self) -> str:
         if self._repo_id is None:

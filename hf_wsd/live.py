@@ -18,6 +18,7 @@ window must not have started either. Pure functions over plans and paths; no tor
 from __future__ import annotations
 
 import bisect
+import math
 import os
 import time
 import uuid
@@ -25,9 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import runs
-from .plan import BUDGET_UNITS, Budget, BudgetPlan, parse_quantity
+from .plan import BUDGET_UNITS, Budget, BudgetPlan, check_step_suffixes, parse_quantity
 
 REQUEST_ACTIONS = ("add", "remove")
+REFUSED_DIR = "refused"  # inside wsd_requests/: files that were not valid requests, kept for the user to read
+_MAX_TEXT = 64  # longer ids, units or values are not requests (a 401-digit "number" included)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,29 @@ class BudgetRequest:
         payload = asdict(self)
         payload.pop("path")
         return payload
+
+    @classmethod
+    def from_payload(cls, payload, path: Path | None = None) -> "BudgetRequest":
+        """A request read from a file, validated as data: a ``ValueError`` saying what is wrong, never a crash later
+        (a hand-written file may hold anything)."""
+        if not isinstance(payload, dict):
+            raise ValueError(f"it holds a JSON {type(payload).__name__}, not an object")
+        names = {f for f in cls.__dataclass_fields__ if f != "path"}
+        if set(payload) != names:
+            missing, extra = sorted(names - set(payload)), sorted(set(payload) - names)
+            raise ValueError(f"its fields are wrong (missing: {missing or 'none'}; unknown: {extra or 'none'})")
+        for name in ("id", "run_id", "action", "value", "unit"):
+            if not isinstance(payload[name], str) or not 0 < len(payload[name]) <= _MAX_TEXT:
+                raise ValueError(f"`{name}` must be a string of 1 to {_MAX_TEXT} characters; got "
+                                 f"{_short(payload[name])}")
+        created = payload["created"]
+        if isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created):
+            raise ValueError(f"`created` must be a time in seconds; got {_short(created)}")
+        if payload["action"] not in REQUEST_ACTIONS:
+            raise ValueError(f"`action` must be 'add' or 'remove'; got {_short(payload['action'])}")
+        if payload["unit"] not in BUDGET_UNITS:
+            raise ValueError(f"`unit` must be 'steps' or 'tokens'; got {_short(payload['unit'])}")
+        return cls(**payload, path=path)
 
 
 # ----------------------------------------------------------------------------------------------- plan changes
@@ -156,7 +182,7 @@ def decide(plan: BudgetPlan, request: BudgetRequest, step: int, run_id: str) -> 
             raise ValueError(f"it was written for run {request.run_id}, and {runs.PLAN_FILE} now holds run {run_id}.")
         new = changed_plan(plan, request.action, request.value, request.unit)
         check_timing(plan, new, step)
-    except ValueError as error:
+    except (ValueError, ArithmeticError) as error:  # OverflowError: a number too large for the plan
         entry.update(status="refused", message=f"{request.text} refused after update {step}: {error}")
         return None, entry
     step_of = budget_step(plan, request.value, request.unit)
@@ -189,10 +215,12 @@ def replay_changes(plan: BudgetPlan, record: dict) -> BudgetPlan:
 
 # ----------------------------------------------------------------------------------------------- request files
 def write_request(output_dir: str | Path, action: str, value: str, unit: str | None = None,
-                  current_step: int | None = None) -> BudgetRequest:
+                  current_step: int | None = None, allow_step_suffixes: bool = False) -> BudgetRequest:
     """Write a request for the run in ``output_dir`` (what ``hf-wsd budget add/remove`` does); ``unit`` defaults to
-    the run's budget unit. Refuses now what the run would refuse: a change its plan cannot take at all, or one that
-    is too late for a run known (``current_step``) to be past the update it alters."""
+    the run's budget unit. Refuses now what the run would refuse: a change its plan cannot take at all (past
+    :data:`~hf_wsd.plan.MAX_UPDATES` included), or one that is too late for a run known (``current_step``) to be past
+    the update it alters; and a value in updates with a K/M/B/T suffix ('20K', likely meant as tokens) unless
+    ``allow_step_suffixes``."""
     output_dir = Path(output_dir)
     saved = runs.read_run(output_dir)
     if saved is None:
@@ -210,6 +238,10 @@ def write_request(output_dir: str | Path, action: str, value: str, unit: str | N
                 pass  # the run will refuse it; this one is checked without it
     request = BudgetRequest(uuid.uuid4().hex, saved["run_id"], action, str(value), unit, time.time())
     try:
+        if len(str(value)) > _MAX_TEXT:
+            raise ValueError(f"{_short(value)} is not a budget")
+        if unit == "steps":
+            check_step_suffixes([str(value)], allow_step_suffixes, "value", "--allow-step-suffixes")
         new = changed_plan(plan, action, value, unit)
         if current_step is not None:
             check_timing(plan, new, current_step)
@@ -232,8 +264,9 @@ def has_pending(output_dir: str | Path) -> bool:
         return False
 
 
-def pending_requests(output_dir: str | Path) -> list[BudgetRequest | Path]:
-    """Requests not yet picked up, oldest first; a file that is not a request is returned as its path."""
+def pending_requests(output_dir: str | Path) -> list[BudgetRequest | InvalidRequest]:
+    """Requests not yet picked up, oldest first; a file that is not a valid request comes as an
+    :class:`InvalidRequest` saying why."""
     folder = Path(output_dir) / runs.REQUESTS_DIR
     try:
         names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
@@ -243,13 +276,22 @@ def pending_requests(output_dir: str | Path) -> list[BudgetRequest | Path]:
     for name in names:
         path = folder / name
         try:
-            payload = runs.read_json(path, "")
-            found.append(BudgetRequest(**payload, path=path))
+            if path.is_dir():
+                raise ValueError("it is a folder")
+            found.append(BudgetRequest.from_payload(runs.read_json(path, ""), path))
         except FileNotFoundError:
             continue  # picked up meanwhile
-        except (ValueError, TypeError):
-            found.append(path)
+        except (ValueError, TypeError, OSError, RecursionError) as error:
+            found.append(InvalidRequest(path, str(error).rstrip("; ")))
     return found
+
+
+@dataclass(frozen=True)
+class InvalidRequest:
+    """A file in ``wsd_requests/`` that is not a valid request: refused, recorded and moved to ``refused/``."""
+
+    path: Path
+    reason: str
 
 
 def process_pending(output_dir: str | Path, plan: BudgetPlan, record: dict, step: int) -> dict | None:
@@ -265,9 +307,12 @@ def process_pending(output_dir: str | Path, plan: BudgetPlan, record: dict, step
     decided = {entry["id"] for entry in changes}
     new_entries = []
     for request in pending:
-        if isinstance(request, Path):
-            new_entries.append({"id": request.name, "status": "refused", "step": step, "decided": time.time(),
-                                "message": f"{request.name} is not a budget request (write them with hf-wsd budget)."})
+        if isinstance(request, InvalidRequest):
+            new_entries.append({
+                "id": request.path.name, "status": "refused", "step": step, "decided": time.time(),
+                "message": f"{request.path.name} is not a budget request ({request.reason}); moved to "
+                           f"{runs.REQUESTS_DIR}/{REFUSED_DIR}/. Write requests with hf-wsd budget add/remove.",
+            })
             continue
         if request.id in decided:
             continue  # decided before a crash that came before the file's deletion
@@ -279,8 +324,21 @@ def process_pending(output_dir: str | Path, plan: BudgetPlan, record: dict, step
         updated = {**record, "plan": plan.to_dict(), "changes": changes + new_entries}
         runs.write_json(Path(output_dir) / runs.PLAN_FILE, updated)
     for request in pending:
-        Path(request if isinstance(request, Path) else request.path).unlink(missing_ok=True)
+        if isinstance(request, InvalidRequest):
+            _move_aside(request.path)
+        else:
+            request.path.unlink(missing_ok=True)
     return updated
+
+
+def _move_aside(path: Path) -> None:
+    """Keep a refused file for the user to read, out of the way of every later launch."""
+    folder = path.parent / REFUSED_DIR
+    folder.mkdir(exist_ok=True)
+    try:
+        os.replace(path, folder / f"{time.time_ns()}-{path.name}")
+    except FileNotFoundError:
+        pass
 
 
 def decisions(record: dict, request_id: str) -> dict | None:
@@ -302,6 +360,11 @@ def _decay_text(budget: Budget, verb: bool = True) -> str:
 
 def _budget_at(plan: BudgetPlan, step: int) -> Budget:
     return next(b for b in plan.budgets if b.step == step)
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def _names(plan: BudgetPlan) -> str:

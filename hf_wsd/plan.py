@@ -45,6 +45,25 @@ def parse_quantity(value: BudgetValue, field: str = "budgets") -> float:
     return number
 
 
+MAX_UPDATES = 10**8  # past any real run (the largest published runs take ~10^6 updates): a typo, not a plan
+
+
+def check_step_suffixes(values, allowed: bool, field: str, confirm: str) -> None:
+    """Budgets counted in updates with a K/M/B/T suffix ('20K') are usually token counts given in the wrong unit:
+    refuse them unless ``allowed`` (the user confirmed with ``confirm``)."""
+    if allowed:
+        return
+    for value in values:
+        match = _QUANTITY.match(value) if isinstance(value, str) else None
+        if match is not None and match.group(2):
+            raise ValueError(
+                f"`{field}` holds {value!r} and budgets are counted in updates (budget_unit='steps'): {value!r} would "
+                f"mean {parse_quantity(value, field):,.0f} updates. For tokens, set budget_unit='tokens' (CLI: --unit "
+                f"tokens); for that many updates, write the number ({parse_quantity(value, field):.0f}) or confirm "
+                f"with {confirm}."
+            )
+
+
 def format_tokens(tokens: int) -> str:
     """Compact token count for names: 524288 -> '524K', 33554432 -> '33.6M', 1.5e9 -> '1.5B'."""
     for suffix, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
@@ -180,6 +199,11 @@ class BudgetPlan:
                 if number != int(number):
                     raise ValueError(f"step budgets must be whole updates; got {value!r} in `budgets`.")
                 step = int(number)
+            if step > MAX_UPDATES:
+                raise ValueError(
+                    f"budget {value!r} is {step:,} updates, past any sane horizon ({MAX_UPDATES:,} updates): check "
+                    "the number and its unit in `budgets`."
+                )
             if steps and step == steps[-1]:
                 raise ValueError(f"duplicate budget {value!r} in `budgets` (both are {step} updates); remove one.")
             if steps and step < steps[-1]:

@@ -4,6 +4,7 @@
       wsd_plan.json            the plan and run id (resume and extension check against it)
       wsd_log.jsonl            one line per Trainer log (main path and WSD branches), appended by the main process
       wsd_status.json          where the run stands (update, branch, speed), rewritten at each log (hf-wsd status)
+      wsd_lock.json            the launch training the run now (pid, host, start), removed when it ends
       wsd_requests/            budget requests (hf-wsd budget add/remove) the trainer has not picked up yet
       checkpoint-N/            the Trainer's resumable checkpoints of the main branch (+ wsd_state/ of hf_wsd)
       budgets/
@@ -33,6 +34,7 @@ from .plan import Budget, BudgetPlan, budget_name
 PLAN_FILE = "wsd_plan.json"
 LOG_FILE = "wsd_log.jsonl"
 STATUS_FILE = "wsd_status.json"
+LOCK_FILE = "wsd_lock.json"  # the launch that trains the run now (hf_wsd/run_lock.py)
 REQUESTS_DIR = "wsd_requests"  # one JSON file per pending `hf-wsd budget` request; decisions go to wsd_plan.json
 BUDGETS_DIR = "budgets"
 BUDGET_FILE = "budget.json"

@@ -135,7 +135,7 @@ def read_status(output_dir: str | Path, now: float | None = None) -> dict:
         phase_state = "done" if finished or (over and not current) else "current" if current else "planned"
         phases.append({**asdict(phase), "state": phase_state})
     where = position(plan, step, branch)
-    pending = [r.to_dict() if isinstance(r, BudgetRequest) else {"file": r.name}
+    pending = [r.to_dict() if isinstance(r, BudgetRequest) else {"file": r.path.name, "invalid": r.reason}
                for r in pending_requests(output_dir)]
     return {
         "output_dir": str(output_dir), "run_id": run_id, "state": state, "step": step, "main_step": main_step,

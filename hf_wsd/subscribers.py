@@ -34,7 +34,19 @@ def budget_subscribers(trainer: "Trainer") -> list["TrainerCallback"]:
     if args.push_to_hub:
         from .publishing import HubPublisher
 
-        found.append(HubPublisher.from_args(args))
+        publisher = HubPublisher.from_args(args)
+        refusal = None
+        if args.process_index == 0:  # the token and the repo, before step 0 (hours before the first upload)
+            try:
+                publisher.uploader.check_access()
+            except ValueError as error:
+                refusal = str(error)
+        refusal = trainer._from_main(refusal) if hasattr(trainer, "_from_main") else refusal
+        if refusal is not None:
+            from .hub_upload import HubAccessError
+
+            raise HubAccessError(refusal)
+        found.append(publisher)
     return found
 
 

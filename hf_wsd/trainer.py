@@ -29,8 +29,9 @@ from typing import Any
 from transformers import Trainer
 from transformers.trainer_callback import CallbackHandler
 
-from . import averaging, branching, lean, live, runs
+from . import averaging, branching, lean, live, run_lock, runs
 from .config import WSDArguments
+from .divergence import DivergenceGuard, any_rank
 from .events import BudgetReached, dispatch
 from .data.feed import FeedLoader, UpdateFeed, is_map_style
 from .live_trainer import LiveRun
@@ -118,6 +119,8 @@ class WSDMixin:
         self.mixture = mixture_for_run(self.args, self.plan, self.decay_datasets, self.train_dataset, self.model,
                                        self._examples_per_update, _data_seed(self.args))
         self.output_path = Path(self.args.output_dir)
+        self.divergence = DivergenceGuard(args.on_divergence, self.output_path, args.learning_rate,
+                                          any_rank(self.accelerator))  # non-finite loss or weights (divergence.py)
         self.run_id: str | None = None
         self.feed: UpdateFeed | None = None
         self.branch_restore: str | None = None  # decided when training starts (it needs the optimizer)
@@ -173,6 +176,11 @@ class WSDMixin:
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
+    def training_step(self, *args, **kwargs):
+        loss = super().training_step(*args, **kwargs)
+        self.divergence.observe(loss)  # checked once per update, before anything is saved
+        return loss
+
     def get_train_dataloader(self) -> FeedLoader:
         """The update-indexed feed over ``train_dataset`` (built once; the Trainer iterates it)."""
         if self.train_dataset is None:
@@ -195,6 +203,10 @@ class WSDMixin:
     # ------------------------------------------------------------------------------------------- the run
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """Train through every budget of the plan; ``resume_from_checkpoint`` continues or extends a run."""
+        with run_lock.hold(self.output_path, self.args.process_index == 0, self._from_main):  # one launch per run
+            return self._train_plan(resume_from_checkpoint, *args, **kwargs)
+
+    def _train_plan(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         checkpoint = self._prepare_run(resume_from_checkpoint)
         logger.info("Budget plan:\n%s", self.plan.describe(self.args.learning_rate))
         if self.mixture is not None:
@@ -233,12 +245,8 @@ class WSDMixin:
         output_dir = self.output_path
         saved = runs.read_run(output_dir)
         if resume in (None, False):
-            if saved is not None and not self.args.overwrite_output_dir:
-                raise ValueError(
-                    f"`output_dir` {output_dir} already holds a WSD run ({runs.plan_from_dict(saved['plan'])!r}): "
-                    "pass resume_from_checkpoint=True to continue or extend it, overwrite_output_dir=True to start "
-                    "over, or choose another output_dir."
-                )
+            run_lock.start_fresh(output_dir, saved, self.args.overwrite_output_dir, self.args.should_save)
+            self.accelerator.wait_for_everyone()  # an overwritten run is gone on every rank's view
             record, checkpoint = runs.new_run_record(self.plan), None
         elif saved is None:
             raise ValueError(f"`resume_from_checkpoint`: {output_dir} holds no WSD run ({runs.PLAN_FILE} is missing).")
@@ -318,6 +326,7 @@ class WSDMixin:
         first_call = step != self._handled_step  # the Trainer calls this twice on an epoch's last update
         self._handled_step = step
         if first_call:
+            self.divergence.check_update(step)  # a non-finite loss stops the run before any save (on_divergence)
             self._updates_done += 1
             if self.meter is not None:
                 self.meter.update(self._updates_done, self._tokens_done())
@@ -340,6 +349,9 @@ class WSDMixin:
         # without the budget's folder (a kill between the two would lose the budget for good).
         self._reach_due_budgets(self.state.global_step)
         self._maybe_preview(self.state.global_step, at_checkpoint=True)  # likewise before the checkpoint
+        step = self.state.global_step
+        if not self.divergence.weights_finite(self.model, step, f"{runs.CHECKPOINT_PREFIX}{step}"):
+            return  # on_divergence="warn": the last good checkpoint stays the newest
         with self._paused():
             # hf_wsd's own state goes in before the Trainer's files: their trainer_state.json marks it complete.
             folder = runs.checkpoint_folder(self._get_output_dir(trial=None), self.state.global_step)
@@ -499,6 +511,8 @@ class WSDMixin:
         replayed = self._written(budget)
         if replayed:
             logger.info("%s was written before this resume; not rewriting it.", budget.name)
+        elif not self.divergence.weights_finite(self.model, budget.step, f"budget {budget.name}"):
+            return  # on_divergence="warn": never written, so never evaluated, carded or published
         else:
             tmp = runs.temporary_folder(self.output_path, budget)  # moved into place only once complete
             self.save_model(str(tmp), _internal_call=True)  # every rank: FSDP and DeepSpeed gather the weights

@@ -24,7 +24,8 @@ changes (as git allows), so a client that re-sends a commit shows up as a duplic
 Fault injection (thread-safe): :meth:`LocalHub.fail_commits` (the next N commits answer an error
 without being applied), :meth:`LocalHub.lose_commit_responses` (the next N commits are applied, then
 answered 500), :attr:`LocalHub.down` (every request answered 503), :attr:`LocalHub.commit_delay`
-(every commit takes that long).
+(every commit takes that long), :attr:`LocalHub.forbidden_namespaces` (writes to repos of those users or
+organizations answer 403, as the Hub does for someone else's namespace).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class LocalHub:
         self.blobs: dict[str, bytes] = {}
         self.down = False
         self.commit_delay = 0.0  # seconds each commit request takes (a slow Hub)
+        self.forbidden_namespaces: set[str] = set()  # writes there answer 403 (someone else's user or org)
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
         self.authorized_requests = 0
         self._commit_failures: list[int] = []  # statuses of the next commits to fail
@@ -284,9 +286,12 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError as error:
             raise HubError(400, f"invalid JSON body: {error}")
 
-    def _require_write(self) -> None:
+    def _require_write(self, repo_id: str | None = None) -> None:
         if self.hub.token is not None and not self.authorized:
             raise HubError(401, "You must be authenticated to write")
+        if repo_id is not None and repo_id.split("/")[0] in self.hub.forbidden_namespaces:
+            raise HubError(403, f"You don't have the rights to create a model under the namespace "
+                                f"\"{repo_id.split('/')[0]}\"", "Forbidden")
 
     def _repo_url(self, repo_id: str) -> str:
         host, port = self.server.server_address[:2]
@@ -307,6 +312,7 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("type", "model") not in (None, "model"):
             raise HubError(400, "the local hub serves model repos only")
         repo_id = f"{body.get('organization') or self.hub.user}/{body['name']}"
+        self._require_write(repo_id)
         private = body.get("private", body.get("visibility") == "private") or False
         _, created = self.hub.create_repo(repo_id, private=bool(private))
         url = self._repo_url(repo_id)
@@ -336,7 +342,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, {"branches": branches, "converts": [], "tags": [], "pullRequests": []})
 
     def create_branch(self, repo, branch):
-        self._require_write()
+        self._require_write(repo)
         body = self._json_body()
         with self.hub._lock:
             repository = self.hub._repo(repo, self.authorized)
@@ -369,7 +375,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, {"files": files, "commitOid": commit.oid})
 
     def commit(self, repo, rev):
-        self._require_write()
+        self._require_write(repo)
         hub = self.hub
         try:
             lines = [json.loads(line) for line in self.body.splitlines() if line.strip()]

@@ -89,11 +89,17 @@ def test_uploads_cut_short_by_a_kill_are_published_on_resume(tmp_path, reference
 def test_a_finished_run_resumed_trains_nothing_and_publishes_what_it_could_not(tmp_path, local_hub, monkeypatch):
     from hf_wsd.publishing import UnpublishedBudgetsError
 
+    from transformers import TrainerCallback
+
+    class RevokeAccess(TrainerCallback):  # after the check before step 0: every budget is refused, stays on disk
+        def on_train_begin(self, *args, **kwargs):
+            local_hub.forbidden_namespaces.add("tester")
+
     repo, out = "tester/outage", tmp_path / "run"
-    monkeypatch.setenv("HF_TOKEN", "hf_expired-token-not-a-secret")  # refused: every budget stays on disk
-    with pytest.raises(UnpublishedBudgetsError):
-        tiny_run(out, BUDGETS[:2], "wsd-s", push=repo, save_steps=10).train()
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    with pytest.raises(UnpublishedBudgetsError):
+        tiny_run(out, BUDGETS[:2], "wsd-s", push=repo, save_steps=10, callbacks=[RevokeAccess()]).train()
+    local_hub.forbidden_namespaces.clear()
     trainer = tiny_run(out, BUDGETS[:2], "wsd-s", push=repo, save_steps=10)
     output = trainer.train(resume_from_checkpoint=True)
     assert output.global_step == 40 and not (out / "checkpoint-41").exists()  # no update past the plan

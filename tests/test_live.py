@@ -100,7 +100,8 @@ def test_requests_for_another_run_or_not_requests_at_all_are_refused_and_recorde
     assert [e["status"] for e in updated["changes"]] == ["refused", "refused"]
     assert f"written for run {request.run_id}" in updated["changes"][0]["message"]
     assert "not a budget request" in updated["changes"][1]["message"]
-    assert not list((tmp_path / runs.REQUESTS_DIR).iterdir()) and live.pending_requests(tmp_path) == []
+    assert [p.name for p in (tmp_path / runs.REQUESTS_DIR).iterdir()] == [live.REFUSED_DIR]  # the junk, kept aside
+    assert live.pending_requests(tmp_path) == []
 
 
 def test_budget_cli_writes_requests_in_the_runs_unit_and_refuses_what_the_plan_cannot_take(tmp_path, capsys):
