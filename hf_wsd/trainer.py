@@ -29,7 +29,7 @@ from typing import Any
 from transformers import Trainer
 from transformers.trainer_callback import CallbackHandler
 
-from . import averaging, branching, lean, live, runs
+from . import averaging, backend_logs, branching, lean, live, runs
 from .config import WSDArguments
 from .events import BudgetReached, dispatch
 from .data.feed import FeedLoader, UpdateFeed, is_map_style
@@ -62,6 +62,7 @@ class BranchAwareCallbackHandler(CallbackHandler):
 
     restarting = False  # the next on_train_begin is a restart after a branch
     branch_ending = False  # the next on_train_end ends a branch's segment, not the run
+    branch_name: str | None = None  # the budget whose WSD side branch is training (its logs: hf_wsd/backend_logs.py)
 
     def on_train_begin(self, args, state, control):
         if self.restarting:
@@ -75,6 +76,9 @@ class BranchAwareCallbackHandler(CallbackHandler):
             self.branch_ending = False
             return control
         return super().on_train_end(args, state, control)
+
+    def on_log(self, args, state, control, logs):
+        return super().on_log(args, state, control, backend_logs.for_backends(logs, self.branch_name))
 
 
 class WSDMixin:
@@ -315,6 +319,8 @@ class WSDMixin:
 
     def _maybe_log_save_evaluate(self, *args, **kwargs):
         step = self.state.global_step
+        if self.feed is not None:  # epochs of the training data, not the Trainer's step / max_steps
+            self.state.epoch = self.feed.epochs(step, self.lr_scheduler_branch)
         first_call = step != self._handled_step  # the Trainer calls this twice on an epoch's last update
         self._handled_step = step
         if first_call:
@@ -439,11 +445,13 @@ class WSDMixin:
             with self._paused():
                 self._snapshot = branching.take_snapshot(self, self._stateful_parts(), self.branch_restore)
         self.lr_scheduler.enter_branch(budget.index)
+        self.callback_handler.branch_name = budget.name
         dispatch(self.callback_handler.callbacks, "on_branch_begin", self.args, self.state, self.control,
                  budget=budget, trainer=self)
 
     def _leave_branch(self, budget: Budget) -> None:
         """Back to the branch point: in place from the snapshot, or by restarting from its checkpoint."""
+        self.callback_handler.branch_name = None
         if self._snapshot is not None:
             with self._paused():
                 branching.restore_snapshot(self, self._snapshot, self._stateful_parts())
