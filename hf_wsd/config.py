@@ -147,7 +147,7 @@ class WSDArguments:
     becomes a branch named after it, and `main` holds the newest budget.
 
     Defaults that differ from `TrainingArguments`: `logging_steps=10`, `save_steps=1000`,
-    `lr_scheduler_type` is ignored (the plan is the schedule).
+    `lr_scheduler_type` and `num_train_epochs` are refused (the plan is the schedule; `budgets` set the length).
     """
 
     budgets: list[str] = field(
@@ -310,6 +310,7 @@ class WSDArguments:
         ):
             raise ValueError(f"`budget_request_steps` must be an integer ≥ 1; got {self.budget_request_steps!r}.")
         self._check_adapter_fields()
+        self._check_unhonoured_trainer_fields()
         if self.preview_steps is not None:
             self.preview_steps = [int(s) if isinstance(s, str) and s.isdigit() else s for s in self.preview_steps]
         check_average_fields(self, plan if self.budget_unit == "steps" else None)
@@ -317,6 +318,28 @@ class WSDArguments:
         if self.max_steps == -1:
             self.max_steps = 1  # placeholder so TrainingArguments accepts the config; WSDTrainer sets the real value
         super().__post_init__()
+
+    # ---- Trainer fields a WSD run cannot honour: refused (naming the WSD field to use) rather than ignored
+    def _check_unhonoured_trainer_fields(self) -> None:
+        # `--resume_from_checkpoint true` (the command line gives a string): the newest usable checkpoint
+        resume = self.resume_from_checkpoint
+        if isinstance(resume, str) and resume.strip().lower() in ("true", "yes", "1", "false", "no", "0", "none", ""):
+            self.resume_from_checkpoint = True if resume.strip().lower() in ("true", "yes", "1") else None
+        defaults = {f.name: f.default for f in dataclasses.fields(type(self))}
+        scheduler = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
+        default = defaults.get("lr_scheduler_type")
+        if scheduler not in (getattr(default, "value", default), self.schedule):
+            raise ValueError(
+                f"`lr_scheduler_type`={scheduler!r} cannot apply to a WSD run: its LR schedule is the budget plan. "
+                f"Set `schedule` ({', '.join(SCHEDULES)}), `decay_shape`, `decay_fraction` and `min_lr_ratio` "
+                "instead, and leave lr_scheduler_type unset."
+            )
+        if "num_train_epochs" in defaults and self.num_train_epochs != defaults["num_train_epochs"]:
+            raise ValueError(
+                f"`num_train_epochs`={self.num_train_epochs} cannot apply to a WSD run: its length is its last budget. "
+                "Set `budgets` (updates, or tokens with budget_unit=tokens) instead, and leave num_train_epochs unset "
+                "(the data is repeated, reshuffled, as often as the budgets need)."
+            )
 
     def _check_adapter_fields(self) -> None:
         """LoRA fields set without ``use_peft`` would silently train the full model: refuse them."""
