@@ -131,6 +131,9 @@ class WSDArguments:
             is left out.
         peak_tflops (`float` or `None`, *optional*, defaults to `None`):
             Dense peak TFLOP/s of one device at the training precision; default: looked up from the device name.
+        flops_per_token (`float` or `None`, *optional*, defaults to `None`):
+            Training FLOPs per token (forward + backward) behind TFLOP/s and MFU; default: counted from the model
+            config (the active experts of a mixture of experts). Without either, tokens/s are still logged.
         branch_restore (`str`, *optional*, defaults to `"auto"`):
             How a WSD side branch keeps the main branch: `"device"` (a copy where the tensors are), `"cpu"` (host
             memory), `"checkpoint"` (save at the branch point and restart `train()` from it) or `"auto"`
@@ -246,6 +249,12 @@ class WSDArguments:
         default=None,
         metadata={"help": "Dense peak TFLOP/s of one device at the training precision (the MFU denominator); default: "
                           "looked up from the device name (hf_wsd/throughput.py); no MFU when unknown."},
+    )
+    # ---- Throughput of architectures hf_wsd cannot count (hf_wsd/throughput.py)
+    flops_per_token: float | None = field(
+        default=None,
+        metadata={"help": "Training FLOPs per token (forward + backward) for TFLOP/s and MFU; default: counted from "
+                          "the model config (active experts for mixtures of experts). Tokens/s are logged either way."},
     )
     branch_restore: str = field(
         default="auto",

@@ -373,11 +373,13 @@ class WSDMixin:
         if self.plan.tokens_per_update is None:
             logger.info("No throughput figures: the sequence length is unknown (set `seq_length`).")
             return None
-        try:
-            flops = flops_per_token(model.config, self.plan.tokens_per_update // self._examples_per_update, model=model)
-        except ValueError as error:
-            logger.info("No throughput figures: %s", error)
-            return None
+        flops = self.args.flops_per_token
+        if flops is None:
+            try:
+                flops = flops_per_token(model.config, self.plan.tokens_per_update // self._examples_per_update,
+                                        model=model)
+            except ValueError as error:  # tokens/s still: the meter needs no FLOPs for them
+                logger.info("Tokens/s only, no TFLOP/s or MFU: %s", error)
         precision = matmul_precision(bf16=self.args.bf16, fp16=self.args.fp16, tf32=self.args.tf32)
         peak = peak_flops(device_name(self.args.device), precision, self.args.peak_tflops)
         return ThroughputMeter(flops, peak, self.args.world_size)
