@@ -6,20 +6,30 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .plan import BUDGET_UNITS, SCHEDULES, BudgetPlan
+from .plan import BUDGET_UNITS, DEFAULT_DECAY_FRACTION, SCHEDULES, BudgetPlan
 from .schedules import DECAY_SHAPES
+
+RECIPE_SEED = 42  # TrainingArguments' default seed, which every recipe config keeps
+# `hf-wsd plan --config RECIPE.yaml`: the recipe fields that shape the plan, by their option's dest
+_CONFIG_FIELDS = {"budgets": "budgets", "schedule": "schedule", "budget_unit": "budget_unit",
+                  "warmup_steps": "warmup_steps", "decay_fraction": "decay_fraction", "decay_steps": "decay_steps",
+                  "decay_shape": "decay_shape", "min_lr_ratio": "min_lr_ratio", "rewarmup_steps": "rewarmup_steps",
+                  "learning_rate": "peak_lr", "decay_mixture": "decay_mixture",
+                  "decay_mixture_per_budget": "decay_mixture_per_budget", "decay_mixture_tail": "decay_mixture_tail"}
 
 
 def _add_plan_arguments(parser: argparse.ArgumentParser, budgets_required: bool = True) -> None:
     help_budgets = "increasing budgets: 500 2000 or, with --unit tokens, 2.5M 1B"
     if not budgets_required:
         help_budgets += " (default: the run's own plan)"
-    parser.add_argument("budgets", nargs="+" if budgets_required else "*", help=help_budgets)
+    parser.add_argument("budgets", nargs="*", help=help_budgets)
     parser.add_argument("--schedule", default="wsd-s", choices=SCHEDULES)
     parser.add_argument("--unit", dest="budget_unit", default="steps", choices=BUDGET_UNITS)
     parser.add_argument("--tokens-per-update", type=int, help="batch × accumulation × world size × seq. length")
     parser.add_argument("--warmup-steps", type=int, default=0)
-    parser.add_argument("--decay-fraction", type=float)
+    parser.add_argument("--decay-fraction", type=float,
+                        help=f"decay length as a fraction of each period (WSD-S) or budget (WSD); default "
+                             f"{DEFAULT_DECAY_FRACTION}, as WSDConfig (a recipe config may set its own: --config)")
     parser.add_argument("--decay-steps", type=int)
     parser.add_argument("--decay-shape", default="linear", choices=tuple(DECAY_SHAPES))
     parser.add_argument("--min-lr-ratio", type=float, default=0.0)
@@ -33,6 +43,33 @@ def _add_plan_arguments(parser: argparse.ArgumentParser, budgets_required: bool 
     parser.add_argument("--decay-mixture-tail", type=float, help="only the last fraction of each window anneals")
     parser.add_argument("--examples-per-update", type=int,
                         help="global batch (examples per update): exact examples and tokens per source")
+    parser.add_argument("--config", metavar="YAML",
+                        help="a recipe config (recipes/*/…/config_*.yaml): its budgets and schedule fields are the "
+                             "defaults, so the preview is the plan the recipe runs; options given here override them")
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """``--config YAML``: the recipe's plan fields become the defaults of the plan options (explicit options win)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("command", nargs="?")
+    probe.add_argument("--config")
+    known, _ = probe.parse_known_args(argv)
+    if known.command not in ("plan", "forecast") or not known.config:
+        return
+    from pathlib import Path
+
+    from .scripts.parser import read_config
+
+    settings = read_config(Path(known.config), known=None)
+    defaults = {dest: settings[name] for name, dest in _CONFIG_FIELDS.items() if settings.get(name) is not None}
+    if "budgets" in defaults:
+        defaults["budgets"] = [str(b) for b in defaults["budgets"]]
+    for name in ("decay_mixture", "decay_mixture_per_budget"):
+        if isinstance(defaults.get(name), dict):
+            defaults[name] = [f"{k}={v}" for k, v in defaults[name].items()] if name == "decay_mixture" else [
+                f"{b}:" + ",".join(f"{k}={v}" for k, v in m.items()) for b, m in defaults[name].items()]
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    subparsers.choices[known.command].set_defaults(**defaults)
 
 
 def _plan_from_args(args: argparse.Namespace) -> BudgetPlan:
@@ -51,6 +88,8 @@ def _plan_from_args(args: argparse.Namespace) -> BudgetPlan:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    if not args.budgets:
+        raise ValueError("no budgets: give them (hf-wsd plan 1000 2000) or a recipe config (--config RECIPE.yaml).")
     plan = _plan_from_args(args)
     mixture = None
     if args.decay_mixture or args.decay_mixture_per_budget:
@@ -229,7 +268,7 @@ def _status(args: argparse.Namespace) -> int:
             print(json.dumps(status, indent=2))
         else:
             print(("\033[H\033[J" if args.watch else "") + format_status(status), flush=True)
-        if not args.watch or status["state"] in ("finished", "stopped"):
+        if not args.watch or status["state"] in ("finished", "stopped", "interrupted"):
             return 0
         try:
             time.sleep(args.interval)
@@ -248,7 +287,7 @@ def _budget(args: argparse.Namespace) -> int:
     request = live.write_request(args.output_dir, args.action, args.value, args.unit, current_step=known,
                                  allow_step_suffixes=args.allow_step_suffixes)
     print(f"request written: {request.path}")
-    if current["state"] in ("finished", "stopped"):
+    if current["state"] in ("finished", "stopped", "interrupted"):
         print(f"the run {current['state']} at update {current['step']}: it takes the request when it resumes "
               "(resume_from_checkpoint=True), if that is before the first update the change alters.")
     elif not args.wait:
@@ -291,7 +330,9 @@ def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokenizer-documents", type=int, default=100_000, help="tokenizer training sample")
     parser.add_argument("--heldout-fraction", type=float, default=0.05, help="share of documents held out (by hash)")
     parser.add_argument("--max-heldout-documents", type=int, default=2000, help="held-out documents kept")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    parser.add_argument("--seed", type=int, default=RECIPE_SEED,
+                        help=f"seed of the held-out split (default {RECIPE_SEED}: the recipes' and the Trainer's seed, "
+                             "so a recipe holds out the same documents)")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--dataset-config", help="config name of a datasets corpus")
     parser.add_argument("--dataset-split", default="train")
@@ -340,11 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     prepare = commands.add_parser("prepare", help="tokenize a corpus once into a token folder (--corpus for training)")
     _add_prepare_arguments(prepare)
     prepare.set_defaults(run=_prepare)
-    args = parser.parse_args(argv)
     try:
+        _apply_config(parser, argv if argv is not None else sys.argv[1:])
+        args = parser.parse_args(argv)
         return args.run(args)
     except ValueError as error:
-        print(f"hf-wsd {args.command}: {error}", file=sys.stderr)
+        command = next((a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")), "")
+        print(f"hf-wsd {command}: {error}", file=sys.stderr)
         return 2
 
 

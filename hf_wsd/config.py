@@ -131,6 +131,9 @@ class WSDArguments:
             is left out.
         peak_tflops (`float` or `None`, *optional*, defaults to `None`):
             Dense peak TFLOP/s of one device at the training precision; default: looked up from the device name.
+        flops_per_token (`float` or `None`, *optional*, defaults to `None`):
+            Training FLOPs per token (forward + backward) behind TFLOP/s and MFU; default: counted from the model
+            config (the active experts of a mixture of experts). Without either, tokens/s are still logged.
         branch_restore (`str`, *optional*, defaults to `"auto"`):
             How a WSD side branch keeps the main branch: `"device"` (a copy where the tensors are), `"cpu"` (host
             memory), `"checkpoint"` (save at the branch point and restart `train()` from it) or `"auto"`
@@ -155,7 +158,7 @@ class WSDArguments:
     becomes a branch named after it, and `main` holds the newest budget.
 
     Defaults that differ from `TrainingArguments`: `logging_steps=10`, `save_steps=1000`,
-    `lr_scheduler_type` is ignored (the plan is the schedule).
+    `lr_scheduler_type` and `num_train_epochs` are refused (the plan is the schedule; `budgets` set the length).
     """
 
     budgets: list[str] = field(
@@ -255,6 +258,12 @@ class WSDArguments:
         metadata={"help": "Dense peak TFLOP/s of one device at the training precision (the MFU denominator); default: "
                           "looked up from the device name (hf_wsd/throughput.py); no MFU when unknown."},
     )
+    # ---- Throughput of architectures hf_wsd cannot count (hf_wsd/throughput.py)
+    flops_per_token: float | None = field(
+        default=None,
+        metadata={"help": "Training FLOPs per token (forward + backward) for TFLOP/s and MFU; default: counted from "
+                          "the model config (active experts for mixtures of experts). Tokens/s are logged either way."},
+    )
     branch_restore: str = field(
         default="auto",
         metadata={
@@ -332,6 +341,7 @@ class WSDArguments:
             raise ValueError(f"`budget_request_steps` must be an integer ≥ 1; got {self.budget_request_steps!r}.")
         self._check_adapter_fields()
         self._check_run_safety_fields()
+        self._check_unhonoured_trainer_fields()
         if self.preview_steps is not None:
             self.preview_steps = [int(s) if isinstance(s, str) and s.isdigit() else s for s in self.preview_steps]
         check_average_fields(self, plan if self.budget_unit == "steps" else None)
@@ -347,6 +357,28 @@ class WSDArguments:
         check_action(self.on_divergence)
         if self.budget_unit == "steps":
             check_step_suffixes(self.budgets, self.allow_step_suffixes, "budgets", "allow_step_suffixes=True")
+
+    # ---- Trainer fields a WSD run cannot honour: refused (naming the WSD field to use) rather than ignored
+    def _check_unhonoured_trainer_fields(self) -> None:
+        # `--resume_from_checkpoint true` (the command line gives a string): the newest usable checkpoint
+        resume = self.resume_from_checkpoint
+        if isinstance(resume, str) and resume.strip().lower() in ("true", "yes", "1", "false", "no", "0", "none", ""):
+            self.resume_from_checkpoint = True if resume.strip().lower() in ("true", "yes", "1") else None
+        defaults = {f.name: f.default for f in dataclasses.fields(type(self))}
+        scheduler = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
+        default = defaults.get("lr_scheduler_type")
+        if scheduler not in (getattr(default, "value", default), self.schedule):
+            raise ValueError(
+                f"`lr_scheduler_type`={scheduler!r} cannot apply to a WSD run: its LR schedule is the budget plan. "
+                f"Set `schedule` ({', '.join(SCHEDULES)}), `decay_shape`, `decay_fraction` and `min_lr_ratio` "
+                "instead, and leave lr_scheduler_type unset."
+            )
+        if "num_train_epochs" in defaults and self.num_train_epochs != defaults["num_train_epochs"]:
+            raise ValueError(
+                f"`num_train_epochs`={self.num_train_epochs} cannot apply to a WSD run: its length is its last budget. "
+                "Set `budgets` (updates, or tokens with budget_unit=tokens) instead, and leave num_train_epochs unset "
+                "(the data is repeated, reshuffled, as often as the budgets need)."
+            )
 
     def _check_adapter_fields(self) -> None:
         """LoRA fields set without ``use_peft`` would silently train the full model: refuse them."""

@@ -66,6 +66,20 @@ def preserved_training_state(*models: Any):
 
 
 @contextlib.contextmanager
+def _unlogged(trainer: Any):
+    """``trainer.evaluate`` without its ``trainer.log`` call: the evaluator logs the results itself, once."""
+    shadowed = trainer.__dict__.get("log")
+    trainer.log = lambda logs, *args, **kwargs: None  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        if shadowed is None:
+            del trainer.log
+        else:
+            trainer.log = shadowed
+
+
+@contextlib.contextmanager
 def _quiet_lm_eval():
     """lm-eval warns on every in-memory model and bootstraps with a process pool (unsafe mid-training)."""
     lm_logger = logging.getLogger("lm_eval")
@@ -217,7 +231,8 @@ class BudgetEvaluator(BudgetCallback):
         results = []
         for key, dataset in named:
             task = f"heldout_{key}" if key else "heldout"
-            metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=f"{prefix}_{task}")
+            with _unlogged(trainer):  # logged once, as `budget/heldout_loss` (not also `budget_heldout_loss`)
+                metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=f"{prefix}_{task}")
             if f"{prefix}_{task}_loss" not in metrics:  # no batch was scored (an empty or dropped held-out set)
                 logger.warning("no held-out loss for %s: its dataloader yielded no batch", task)
                 continue

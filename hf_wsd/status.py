@@ -21,7 +21,7 @@ from .live import BudgetRequest, pending_requests
 from .plan import Budget, BudgetPlan, Phase
 
 BUDGET_STATES = ("planned", "decaying", "written", "evaluated", "published")
-RUN_STATES = ("training", "finished", "stopped", "not started")
+RUN_STATES = ("training", "finished", "stopped", "interrupted", "not started")
 
 
 # ----------------------------------------------------------------------------------------------- positions
@@ -92,6 +92,8 @@ def read_status(output_dir: str | Path, now: float | None = None) -> dict:
     records = {r.name: r for r in runs.budget_records(output_dir) if r.record.get("run_id") == run_id}
     published = _published(output_dir)
     state = live.get("state") or ("finished" if len(records) == len(plan.budgets) else "not started")
+    if state == "training" and process_gone(live.get("host"), live.get("pid")):
+        state = "interrupted"  # Ctrl-C, a kill or a crash: the process that wrote "training" is gone
     rate = live.get("updates_per_second")
     if not rate and live.get("tokens_per_second") and plan.tokens_per_update:
         rate = live["tokens_per_second"] / plan.tokens_per_update
@@ -152,6 +154,19 @@ def read_status(output_dir: str | Path, now: float | None = None) -> dict:
     }
 
 
+def process_gone(host: str | None, pid: int | None) -> bool:
+    """Whether the process ``pid`` of ``host`` has ended (known only on the same host; elsewhere: ``False``)."""
+    if not pid or host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
+
+
 def _live_record(output_dir: Path, run_id: str) -> dict:
     """``wsd_status.json`` of this run; without one (a run that never logged), the last line of ``wsd_log.jsonl``."""
     path = output_dir / runs.STATUS_FILE
@@ -196,6 +211,9 @@ def format_status(status: dict) -> str:
     if status["branch"]:
         where += f" (on the side branch of {status['branch']})"
     lines = [f"{status['output_dir']}: {status['state']}, {where} — {status['label']}"]
+    if status["state"] == "interrupted":
+        lines.append("its process is gone (Ctrl-C, a kill or a crash): resume it with resume_from_checkpoint=True "
+                     "(the recipes: --resume_from_checkpoint true)")
     speed = []
     if status["seconds_since_update"] is not None:
         speed.append(f"last written {_duration(status['seconds_since_update'])} ago"

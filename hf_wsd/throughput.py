@@ -45,6 +45,7 @@ _HEADS = ("num_attention_heads", "n_head", "num_heads")
 _KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
 _MLP_WIDTH = ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size")
 _MOE_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts")
+_ACTIVE_EXPERTS = ("num_experts_per_tok", "moe_topk", "top_k")
 
 
 @dataclass(frozen=True)
@@ -100,14 +101,16 @@ def flops_breakdown(config: Any, seq_length: int, *, model: Any = None) -> Flops
     if hasattr(config, "get_text_config"):
         config = config.get_text_config()  # multimodal configs: the language model's
     model_type = getattr(config, "model_type", None)
-    for name in _MOE_FIELDS:
-        experts = getattr(config, name, None)
-        if isinstance(experts, int) and experts > 1:
-            raise ValueError(
-                f"mixture-of-experts config (`{name}`={experts}): its FLOPs per token depend on the experts each "
-                "token visits, which hf_wsd does not count; compute the figure yourself and pass it to "
-                "ThroughputMeter."
-            )
+    experts = _first(config, _MOE_FIELDS)
+    if isinstance(experts, int) and experts > 1:
+        try:
+            return _mixture_of_experts(config, seq_length, experts)
+        except ValueError as error:
+            active = _first(config, _ACTIVE_EXPERTS)
+            if model is None or active is None:
+                raise
+            logger.info("%s Counting the model's weights instead (the experts at %d of %d).", error, active, experts)
+            return _from_parameters(config, seq_length, model, expert_share=active / experts)
     if model_type not in GATED_MLP_TYPES | PLAIN_MLP_TYPES:
         if model is not None:
             return _from_parameters(config, seq_length, model)
@@ -152,12 +155,59 @@ def _from_config(config: Any, model_type: str, seq_length: int) -> FlopsBreakdow
     return FlopsBreakdown(seq_length, attention, mlp, lm_head, other, attention_flops, "config")
 
 
-def _from_parameters(config: Any, seq_length: int, model: Any) -> FlopsBreakdown:
-    """Count the model's matmul weights: every ≥2-D parameter outside embedding layers, plus a tied LM head."""
+def _mixture_of_experts(config: Any, seq_length: int, experts: int) -> FlopsBreakdown:
+    """A mixture-of-experts decoder (Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-style shared experts): N counts the
+    *active* weights of a token — the router, the ``num_experts_per_tok`` experts it visits (gated MLPs of
+    ``moe_intermediate_size``, else ``intermediate_size``) and any shared expert —, and dense MLP layers where the
+    config keeps some (``mlp_only_layers``, ``decoder_sparse_step``, ``first_k_dense_replace``)."""
+    name = type(config).__name__
+    active = _first(config, _ACTIVE_EXPERTS)
+    if active is None:
+        raise ValueError(
+            f"mixture-of-experts {name} with {experts} experts does not say how many each token visits "
+            f"(`{_ACTIVE_EXPERTS[0]}`): set `flops_per_token` in the config to have TFLOP/s and MFU."
+        )
+    if _first(config, ("kv_lora_rank", "q_lora_rank")) is not None:
+        raise ValueError(
+            f"{name} uses latent attention (`kv_lora_rank`), whose weights hf_wsd counts only from the model: pass "
+            "`model=`, or set `flops_per_token` in the config."
+        )
+    hidden, layers, heads = _require(config, _HIDDEN), _require(config, _LAYERS), _require(config, _HEADS)
+    vocab, head_dim = _require(config, ("vocab_size",)), _head_dim(config, _require(config, _HIDDEN), heads)
+    kv_heads = _first(config, _KV_HEADS) or heads
+    dense_width = _first(config, _MLP_WIDTH)
+    expert_width = _first(config, ("moe_intermediate_size",)) or dense_width
+    if expert_width is None:
+        raise ValueError(f"`moe_intermediate_size` (or `intermediate_size`) is missing from the {name}.")
+    shared_width = getattr(config, "shared_expert_intermediate_size", None) or (
+        (getattr(config, "n_shared_experts", None) or 0) * expert_width
+    )
+    dense_only = set(getattr(config, "mlp_only_layers", None) or ())
+    step = getattr(config, "decoder_sparse_step", None) or 1
+    first_dense = getattr(config, "first_k_dense_replace", None) or 0
+    sparse = [i not in dense_only and (i + 1) % step == 0 and i >= first_dense for i in range(layers)]
+    moe_layer = 3 * hidden * (active * expert_width + shared_width) + hidden * experts  # experts, shared, router
+    if getattr(config, "shared_expert_intermediate_size", None):
+        moe_layer += hidden  # Qwen2-MoE's shared-expert gate
+    dense_layers = layers - sum(sparse)
+    if dense_layers and dense_width is None:
+        raise ValueError(f"`intermediate_size` (the dense MLP width) is missing from the {name}.")
+    mlp = sum(sparse) * moe_layer + dense_layers * 3 * hidden * (dense_width or 0)
+    attention = layers * hidden * head_dim * (2 * heads + 2 * kv_heads)
+    attention_flops = 4 * heads * head_dim * _keys_per_query(config, layers, seq_length)
+    return FlopsBreakdown(seq_length, attention, mlp, vocab * hidden, 0, attention_flops, "config")
+
+
+def _from_parameters(config: Any, seq_length: int, model: Any, expert_share: float = 1.0) -> FlopsBreakdown:
+    """Count the model's matmul weights: every ≥2-D parameter outside embedding layers, plus a tied LM head; routed
+    experts' weights (``….experts.…``) at ``expert_share``, the share of them a token visits."""
     import torch.nn as nn
 
     embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
-    matrices = sum(p.numel() for p in model.parameters() if p.ndim >= 2 and id(p) not in embedding)
+    matrices = round(sum(
+        p.numel() * (expert_share if ".experts." in f".{name}" and "shared" not in name else 1.0)
+        for name, p in model.named_parameters() if p.ndim >= 2 and id(p) not in embedding
+    ))
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     weight = getattr(head, "weight", None)
     lm_head = 0 if weight is None else weight.numel()
@@ -381,25 +431,28 @@ class ThroughputMeter:
     nest. The first update (or ``resume(step=…, tokens_seen=…)``) is the starting point: it counts nothing.
 
     Args:
-        flops_per_token: training FLOPs per token (:func:`flops_per_token`).
+        flops_per_token: training FLOPs per token (:func:`flops_per_token`); ``None``: tokens/s only.
         peak_flops: dense peak FLOP/s of one device (:func:`peak_flops`); ``None`` leaves MFU out.
         world_size: devices sharing the tokens (data-parallel processes).
         max_intervals: history kept for :meth:`summary`; beyond it neighbouring intervals are merged in pairs.
     """
 
     def __init__(
-        self, flops_per_token: float, peak_flops: float | None = None, world_size: int = 1, max_intervals: int = 4096
+        self, flops_per_token: float | None, peak_flops: float | None = None, world_size: int = 1,
+        max_intervals: int = 4096,
     ):
-        if isinstance(flops_per_token, bool) or not isinstance(flops_per_token, (int, float)) or flops_per_token <= 0:
-            raise ValueError(f"`flops_per_token` must be a positive number; got {flops_per_token!r}.")
+        if flops_per_token is not None and (
+            isinstance(flops_per_token, bool) or not isinstance(flops_per_token, (int, float)) or flops_per_token <= 0
+        ):
+            raise ValueError(f"`flops_per_token` must be a positive number, or None; got {flops_per_token!r}.")
         if peak_flops is not None and not (isinstance(peak_flops, (int, float)) and peak_flops > 0):
             raise ValueError(f"`peak_flops` must be a positive number of FLOP/s, or None; got {peak_flops!r}.")
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
             raise ValueError(f"`world_size` must be a positive integer; got {world_size!r}.")
         if isinstance(max_intervals, bool) or not isinstance(max_intervals, int) or max_intervals < 2:
             raise ValueError(f"`max_intervals` must be an integer of at least 2; got {max_intervals!r}.")
-        self.flops_per_token = float(flops_per_token)
-        self.peak_flops = None if peak_flops is None else float(peak_flops)
+        self.flops_per_token = None if flops_per_token is None else float(flops_per_token)  # None: tokens/s only
+        self.peak_flops = None if peak_flops is None or flops_per_token is None else float(peak_flops)
         self.world_size = world_size
         self.max_intervals = max_intervals
         self.intervals: list[_Interval] = []  # closed intervals, oldest first
@@ -411,7 +464,7 @@ class ThroughputMeter:
         self._active = 0.0  # training seconds before the current running stretch
         self._running_since: float | None = None  # None: stopped (not started, or paused)
         self._pauses = 0
-        if self.peak_flops is None:
+        if self.peak_flops is None and self.flops_per_token is not None:
             logger.info("Peak FLOP/s of the device unknown: logging tokens/s and TFLOP/s, no MFU (set `peak_tflops`).")
 
     # ------------------------------------------------------------------------------------- the clock
@@ -537,12 +590,11 @@ class ThroughputMeter:
         if tokens <= 0 or seconds <= 0:
             return {}
         per_device = tokens / seconds / self.world_size
+        figures = {"tokens_per_second": _sig(tokens / seconds), "tokens_per_second_per_device": _sig(per_device)}
+        if self.flops_per_token is None:
+            return figures  # FLOPs per token unknown (set `flops_per_token`): no TFLOP/s, no MFU
         flops = per_device * self.flops_per_token
-        figures = {
-            "tokens_per_second": _sig(tokens / seconds),
-            "tokens_per_second_per_device": _sig(per_device),
-            "tflops_per_device": _sig(flops / 1e12),
-        }
+        figures["tflops_per_device"] = _sig(flops / 1e12)
         if self.peak_flops is not None:
             figures["mfu"] = _sig(100.0 * flops / self.peak_flops)
         return figures

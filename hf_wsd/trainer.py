@@ -29,7 +29,7 @@ from typing import Any
 from transformers import Trainer
 from transformers.trainer_callback import CallbackHandler
 
-from . import averaging, branching, lean, live, run_lock, runs
+from . import averaging, backend_logs, branching, lean, live, run_lock, runs
 from .config import WSDArguments
 from .divergence import DivergenceGuard, any_rank
 from .events import BudgetReached, dispatch
@@ -63,6 +63,7 @@ class BranchAwareCallbackHandler(CallbackHandler):
 
     restarting = False  # the next on_train_begin is a restart after a branch
     branch_ending = False  # the next on_train_end ends a branch's segment, not the run
+    branch_name: str | None = None  # the budget whose WSD side branch is training (its logs: hf_wsd/backend_logs.py)
 
     def on_train_begin(self, args, state, control):
         if self.restarting:
@@ -76,6 +77,9 @@ class BranchAwareCallbackHandler(CallbackHandler):
             self.branch_ending = False
             return control
         return super().on_train_end(args, state, control)
+
+    def on_log(self, args, state, control, logs):
+        return super().on_log(args, state, control, backend_logs.for_backends(logs, self.branch_name))
 
 
 class WSDMixin:
@@ -323,6 +327,8 @@ class WSDMixin:
 
     def _maybe_log_save_evaluate(self, *args, **kwargs):
         step = self.state.global_step
+        if self.feed is not None:  # epochs of the training data, not the Trainer's step / max_steps
+            self.state.epoch = self.feed.epochs(step, self.lr_scheduler_branch)
         first_call = step != self._handled_step  # the Trainer calls this twice on an epoch's last update
         self._handled_step = step
         if first_call:
@@ -379,11 +385,13 @@ class WSDMixin:
         if self.plan.tokens_per_update is None:
             logger.info("No throughput figures: the sequence length is unknown (set `seq_length`).")
             return None
-        try:
-            flops = flops_per_token(model.config, self.plan.tokens_per_update // self._examples_per_update, model=model)
-        except ValueError as error:
-            logger.info("No throughput figures: %s", error)
-            return None
+        flops = self.args.flops_per_token
+        if flops is None:
+            try:
+                flops = flops_per_token(model.config, self.plan.tokens_per_update // self._examples_per_update,
+                                        model=model)
+            except ValueError as error:  # tokens/s still: the meter needs no FLOPs for them
+                logger.info("Tokens/s only, no TFLOP/s or MFU: %s", error)
         precision = matmul_precision(bf16=self.args.bf16, fp16=self.args.fp16, tf32=self.args.tf32)
         peak = peak_flops(device_name(self.args.device), precision, self.args.peak_tflops)
         return ThroughputMeter(flops, peak, self.args.world_size)
@@ -451,11 +459,13 @@ class WSDMixin:
             with self._paused():
                 self._snapshot = branching.take_snapshot(self, self._stateful_parts(), self.branch_restore)
         self.lr_scheduler.enter_branch(budget.index)
+        self.callback_handler.branch_name = budget.name
         dispatch(self.callback_handler.callbacks, "on_branch_begin", self.args, self.state, self.control,
                  budget=budget, trainer=self)
 
     def _leave_branch(self, budget: Budget) -> None:
         """Back to the branch point: in place from the snapshot, or by restarting from its checkpoint."""
+        self.callback_handler.branch_name = None
         if self._snapshot is not None:
             with self._paused():
                 branching.restore_snapshot(self, self._snapshot, self._stateful_parts())

@@ -15,6 +15,6 @@ from hf_wsd.scripts import anneal, run_recipe
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    with run_recipe():
+    with run_recipe(resumable=False):
         rows, text = anneal.main(sys.argv[1:])
         print("\n" + text)

@@ -209,20 +209,81 @@ def test_missing_config_attribute_is_named_and_weights_are_the_fallback():
     )  # no depth
 
 
-def test_mixture_of_experts_and_bad_seq_length_are_refused():
-    mixtral = CONFIG_MAPPING["mixtral"](
-        hidden_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=96,
-        vocab_size=256,
-        num_local_experts=4,
-    )
-    with pytest.raises(ValueError, match="mixture-of-experts config \\(`num_local_experts`=4\\)"):
-        flops_per_token(mixtral, 256)
+MOE = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+           tie_word_embeddings=False)
+MOE_CASES = {  # model_type: (config fields, experts, experts per token)
+    "mixtral": (dict(intermediate_size=96, num_local_experts=4, num_experts_per_tok=2), 4, 2),
+    "qwen2_moe": (dict(intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+                       num_experts=8, num_experts_per_tok=2, mlp_only_layers=[1]), 8, 2),
+    "qwen3_moe": (dict(intermediate_size=96, moe_intermediate_size=32, num_experts=8, num_experts_per_tok=2,
+                       mlp_only_layers=[0], head_dim=16), 8, 2),
+    "olmoe": (dict(intermediate_size=32, num_experts=8, num_experts_per_tok=2, eos_token_id=1), 8, 2),
+    "deepseek_v3": (dict(intermediate_size=96, moe_intermediate_size=32, n_routed_experts=8, num_experts_per_tok=2,
+                         n_shared_experts=1, first_k_dense_replace=1, q_lora_rank=32, kv_lora_rank=16,
+                         qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16), 8, 2),
+}
+
+
+def _active_matmul_weights(model, experts: int, active: int) -> float:
+    """The real model's matmul weights a token uses: routed experts' tensors at active / experts, all else whole."""
+    embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    return sum(p.numel() * (active / experts if ".experts." in name and "shared" not in name else 1)
+               for name, p in model.named_parameters() if p.ndim >= 2 and id(p) not in embedding)
+
+
+@pytest.mark.parametrize("model_type", sorted(MOE_CASES))
+def test_mixtures_of_experts_count_the_weights_a_token_visits(model_type):
+    fields, experts, active = MOE_CASES[model_type]
+    config = CONFIG_MAPPING[model_type](**MOE, **fields)
+    model = AutoModelForCausalLM.from_config(config)
+    expected = _active_matmul_weights(model, experts, active)
+    if model_type == "deepseek_v3":  # latent attention: counted from the model's weights only
+        with pytest.raises(ValueError, match="`flops_per_token`"):
+            flops_breakdown(config, 64)
+        assert flops_breakdown(config, 64, model=model).matmul_params == expected
+        return
+    breakdown = flops_breakdown(config, 64)
+    assert breakdown.source == "config" and breakdown.matmul_params == expected
+    total = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    assert breakdown.matmul_params < total  # not every expert: 6·N of the active weights
+
+
+def test_a_mixture_of_experts_without_experts_per_token_and_a_bad_seq_length_are_refused():
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(model_type="custom_moe", num_experts=4, intermediate_size=96, **MOE)
+    with pytest.raises(ValueError, match="`num_experts_per_tok`.*`flops_per_token`"):
+        flops_per_token(config, 256)
     with pytest.raises(ValueError, match="`seq_length` must be a positive integer"):
         flops_per_token(LlamaConfig(**TINY_LLAMA), 0)
+
+
+def test_a_meter_without_flops_per_token_logs_tokens_per_second_only():
+    meter = ThroughputMeter(flops_per_token=None, peak_flops=1e12)
+    meter.update(0, 0, now=0.0)
+    meter.update(1, 1000, now=2.0)
+    assert meter.log_figures() == {"tokens_per_second": 500.0, "tokens_per_second_per_device": 500.0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flops", [None, 1.5e6])
+def test_a_moe_run_logs_tokens_per_second_and_flops_from_its_active_experts(tmp_path, flops):
+    """Qwen2-MoE trains with throughput figures: counted from its active experts, or the `flops_per_token` given."""
+    from helpers import VOCAB, tiny_trainer
+
+    config = CONFIG_MAPPING["qwen2_moe"](**{**MOE, "vocab_size": VOCAB}, **MOE_CASES["qwen2_moe"][0])
+    torch.manual_seed(0)
+    trainer = tiny_trainer(tmp_path, [6], model=AutoModelForCausalLM.from_config(config), warmup_steps=1,
+                           flops_per_token=flops)
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert all(e["tokens_per_second"] > 0 and e["tflops_per_device"] > 0 for e in logged[1:])
+    expected = flops or flops_per_token(config, 16)
+    assert trainer.meter.flops_per_token == expected
+    record = (tmp_path / "budgets").glob("*/budget.json")
+    import json
+
+    assert json.loads(next(record).read_text())["throughput"]["flops_per_token"] == expected
 
 
 # ----------------------------------------------------------------------------------------- peak FLOP/s
@@ -428,7 +489,7 @@ def test_history_stays_bounded_and_keeps_the_totals():
 
 
 def test_meter_arguments_are_checked():
-    with pytest.raises(ValueError, match="`flops_per_token` must be a positive number"):
+    with pytest.raises(ValueError, match="`flops_per_token` must be a positive number, or None"):
         ThroughputMeter(flops_per_token=0)
     with pytest.raises(ValueError, match="`world_size` must be a positive integer"):
         ThroughputMeter(flops_per_token=1.0, world_size=0)

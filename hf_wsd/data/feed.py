@@ -215,6 +215,15 @@ class UpdateFeed:
         start = step * self.global_batch + micro * self.batch_size * self.world_size + self.rank * self.batch_size
         return np.arange(start, start + self.batch_size, dtype=np.int64)
 
+    def epochs(self, step: int, branch: int | None = None) -> float:
+        """Passes over the training data after ``step`` updates on the path of ``branch``: examples of the main source
+        fed so far over its length (decay sources not counted). A stream's length is unknown until it ends: its
+        completed passes."""
+        if self.map_source is None:
+            return float(self.stream.epoch)
+        fed = step * self.global_batch if self.mixture is None else self.mixture.positions(step, branch)[MAIN]
+        return fed / self.map_source.size
+
     def micro_batch(self, step: int, micro: int, branch: int | None = None) -> Any:
         """Micro-batch ``micro`` of update ``step`` on the path of ``branch`` (a WSD branch's budget index, or
         ``None`` for the main path; it matters only with a mixture)."""

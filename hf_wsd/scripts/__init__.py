@@ -8,15 +8,63 @@ functions and prints what it returns, as TRL's ``trl/scripts`` are called by ``t
 from __future__ import annotations
 
 import contextlib
+import os
+import shlex
+import signal
+import sys
+from typing import Sequence
+
+RESUME_FLAG = "--resume_from_checkpoint"
 
 
 @contextlib.contextmanager
-def run_recipe():
-    """Around a recipe's ``main``: the process group is destroyed at exit (a clean end under ``accelerate launch``)."""
+def run_recipe(resumable: bool = True):
+    """Around a recipe's ``main``: Ctrl-C (or the SIGTERM ``accelerate launch`` and schedulers send) ends with one
+    line naming the command that resumes the run instead of a traceback (exit status 130); the process group is
+    destroyed at exit (a clean end under ``accelerate launch``)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield
+    except KeyboardInterrupt:
+        for number in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the message
+            signal.signal(number, signal.SIG_IGN)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(interrupted_message(sys.argv, resumable), file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     finally:
+        if signal.getsignal(signal.SIGTERM) is _interrupt:
+            signal.signal(signal.SIGTERM, previous)
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The launch command of ``argv`` (a recipe's ``sys.argv``) that resumes its run: ``--resume_from_checkpoint
+    true`` in place of any value it had."""
+    script, *rest = argv
+    kept, skip = [], False
+    for item in rest:
+        if skip:
+            skip = False
+        elif item == RESUME_FLAG:
+            skip = True
+        elif not item.startswith(RESUME_FLAG + "="):
+            kept.append(item)
+    return shlex.join(["accelerate", "launch", script, *kept, RESUME_FLAG, "true"])
+
+
+def interrupted_message(argv: Sequence[str], resumable: bool = True) -> str:
+    if not resumable:
+        return "\nInterrupted."
+    return (
+        "\nInterrupted. Budgets already written stay in their folders; the run resumes from its newest checkpoint "
+        f"(updates after it are trained again) with:\n  {resume_command(argv)}"
+    )

@@ -10,6 +10,7 @@ checked by argparse, and ``--help`` lists every field with its help text.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,8 +26,9 @@ def split_config_argument(argv: Sequence[str]) -> tuple[Path | None, list[str]]:
     return None, argv
 
 
-def read_config(path: Path, known: set[str]) -> dict[str, Any]:
-    """A recipe config: a YAML mapping of field names to values; anything else is a clear error."""
+def read_config(path: Path, known: set[str] | None) -> dict[str, Any]:
+    """A recipe config: a YAML mapping of field names to values; anything else is a clear error (``known``: the
+    field names it may hold; ``None``: any)."""
     if not path.is_file():
         raise ValueError(f"recipe config {path} does not exist.")
     settings = yaml.safe_load(path.read_text())
@@ -37,10 +39,30 @@ def read_config(path: Path, known: set[str]) -> dict[str, Any]:
             f"recipe config {path} holds a YAML {type(settings).__name__}, not a mapping: write one `field: value` "
             "per line (e.g. `budgets: [\"100\", \"200\"]`)."
         )
-    unknown = sorted(str(key) for key in settings if key not in known)
+    unknown = sorted(str(key) for key in settings if known is not None and key not in known)
     if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(unknown)} in {path}; `--help` lists the fields.")
+        raise ValueError(f"unknown field(s) {_with_suggestions(unknown, known)} in {path}; `--help` lists the fields.")
     return settings
+
+
+def _with_suggestions(names: Sequence[str], known: set[str], dashes: str = "") -> str:
+    """``budgetz (did you mean budgets?), foo``: each unknown name with the known names closest to it."""
+    described = []
+    for name in names:
+        close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(dashes + c for c in close)}?)" if close else ""
+        described.append(f"{dashes}{name}{hint}")
+    return ", ".join(described)
+
+
+def unknown_arguments_message(arguments: Sequence[str], known: set[str]) -> str:
+    """The error for command-line arguments no dataclass field takes, with the closest field names."""
+    options = [a[2:].split("=", 1)[0] for a in arguments if a.startswith("--")]
+    stray = [a for a in arguments if not a.startswith("-")]
+    text = f"unknown argument(s) {_with_suggestions(options, known, '--')}" if options else "unexpected argument(s)"
+    if stray and not options:
+        text += f" {' '.join(stray)}"
+    return text + "; `--help` lists the fields."
 
 
 class RecipeParser(HfArgumentParser):
@@ -72,6 +94,10 @@ class RecipeParser(HfArgumentParser):
             raise ValueError(f"unknown field(s) {', '.join(unknown)}.")
         self.set_defaults(**{**self.base_defaults, **settings})
         extra = [item for key, value in overrides.items() for item in _as_arguments(key, value)]
+        # Typos first: the dataclasses check their values (the budget plan…) as they are built.
+        _, stray = self.parse_known_args(args=[*cli, *extra])
+        if stray:
+            raise ValueError(unknown_arguments_message(stray, self.fields))
         return self.parse_args_into_dataclasses(args=[*cli, *extra])
 
 

@@ -1,0 +1,32 @@
+"""What the logging backends (``report_to``) see of a WSD run: the main branch under the usual names, each WSD
+side branch under its own.
+
+A WSD side branch trains updates ``Tᵢ − Dᵢ + 1 … Tᵢ`` and then the main branch trains the same update numbers
+again. The Trainer's integration callbacks (TensorBoard, W&B, Trackio, MLflow…) write each ``on_log`` at
+``state.global_step`` (Trackio at its own counter), so a branch's points would land on the main curves with steps
+going back (20 → 17). While a branch runs, the callbacks get the same values renamed ``branch/<budget name>/<key>``
+(:func:`for_backends`): every main-branch tag keeps strictly increasing steps, each branch draws its own curves.
+``state.log_history`` and ``wsd_log.jsonl`` keep the original keys with the branch's index (forecasts read them).
+
+Budget and preview metrics (``budget/…``, ``preview/…``) are one point per budget at the budget's step: never
+renamed, so each is one curve over the run's budgets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SHARED_PREFIXES = ("budget/", "preview/")  # per-budget metrics: one curve across branches
+
+
+def branch_prefix(budget_name: str) -> str:
+    """The prefix of a branch's keys, e.g. ``branch/step20-tokens1.28K/`` (TensorBoard: ``train/branch/…/loss``)."""
+    return f"branch/{budget_name}/"
+
+
+def for_backends(logs: dict[str, Any], branch_name: str | None) -> dict[str, Any]:
+    """``logs`` as the logging callbacks should see them: unchanged on the main branch, renamed on a side branch."""
+    if branch_name is None or not logs:
+        return logs
+    prefix = branch_prefix(branch_name)
+    return {key if key.startswith(SHARED_PREFIXES) else prefix + key: value for key, value in logs.items()}
