@@ -29,7 +29,7 @@ from typing import Any
 from transformers import Trainer
 from transformers.trainer_callback import CallbackHandler
 
-from . import averaging, branching, lean, live, runs
+from . import averaging, branching, engines, lean, live, runs
 from .config import WSDArguments
 from .events import BudgetReached, dispatch
 from .data.feed import FeedLoader, UpdateFeed, is_map_style
@@ -104,7 +104,9 @@ class WSDMixin:
                 "`save_only_model=True` cannot restore WSD branches (they need optimizer state); set it to False."
             )
         model = lean.prepare_model(model, args, peft_config)  # PEFT adapters: hf_wsd/lean.py
+        engines.prepare_engine()  # opt-ins for sharded engines on CPU (hf_wsd/engines.py)
         super().__init__(model, args, *pargs, **kwargs)
+        self.engine = engines.check_engine(self)  # the engine in use (DDP, FSDP2, ZeRO-n); no silent fallback
         if args.save_merged_budgets and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError(
                 "`save_merged_budgets` merges an in-memory copy of the model, which FSDP and DeepSpeed shard: set it "
@@ -210,6 +212,7 @@ class WSDMixin:
             # A WSD branch ended (checkpoint mode): restart from its branch point. Callbacks see one run.
             checkpoint = str(self._restart_from)
             self.callback_handler.restarting = True
+            engines.before_restart(self)  # DeepSpeed builds a new engine for the restarted train()
 
     def _nothing_left(self, checkpoint: str) -> bool:
         """A resume from the plan's last update with no budget request waiting: there is no update to train."""
@@ -501,7 +504,7 @@ class WSDMixin:
             logger.info("%s was written before this resume; not rewriting it.", budget.name)
         else:
             tmp = runs.temporary_folder(self.output_path, budget)  # moved into place only once complete
-            self.save_model(str(tmp), _internal_call=True)  # every rank: FSDP and DeepSpeed gather the weights
+            engines.save_budget_weights(self, tmp)  # every rank: FSDP and DeepSpeed gather the full weights
             if self.args.should_save:
                 runs.write_json(tmp / runs.BUDGET_FILE, self._budget_record(budget, tmp))
                 runs.finalize_folder(tmp, folder)
