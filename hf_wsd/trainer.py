@@ -296,7 +296,7 @@ class WSDMixin:
         if self.branch_restore is None:
             self.branch_restore, reason = branching.choose_branch_restore(self, self.args.branch_restore)
             if any(b.branch for b in self.plan.budgets):
-                logger.info("WSD branches keep the main branch in %s memory (%s)", self.branch_restore, reason)
+                logger.info("WSD branches: branch_restore=%s (%s)", self.branch_restore, reason)
             self.meter = self._throughput_meter()
         elif self.meter is not None:  # a restart after a WSD branch (checkpoint mode): the switch is not training
             self.meter.resume(step=self._updates_done, tokens_seen=self._tokens_done())
