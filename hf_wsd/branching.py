@@ -8,9 +8,13 @@ logging accumulators, and hf_wsd's own stateful parts (the data feed's position)
 memory, and restores it in place inside the same ``train()`` call: no checkpoint read, no Trainer restart,
 no re-wrapping or recompiling of the model.
 
-:func:`choose_branch_restore` picks how: FSDP and DeepSpeed shard the model and optimizer, so they keep the
-checkpoint path (save at the branch point, restart ``train()`` from it); otherwise a device copy when the
-device has room for it, else host memory, else the checkpoint path.
+Under FSDP2 each rank keeps only its own shards: the local tensors of its DTensor parameters and optimizer state
+(``DTensor.to_local()``), restored in place — the sharded storage FSDP all-gathers from is never replaced, so no
+re-wrapping and no communication. DeepSpeed (ZeRO's flat fp32 partitions live inside its engine) and FSDP1 keep the
+checkpoint path (save at the branch point, restart ``train()`` from it).
+
+:func:`choose_branch_restore` picks how: the checkpoint path under DeepSpeed and FSDP1; otherwise (FSDP2 included)
+a device copy when the device has room for it, else host memory, else the checkpoint path.
 """
 
 from __future__ import annotations
@@ -33,9 +37,24 @@ BRANCH_RESTORES = ("auto", "device", "cpu", "checkpoint")
 _HEADROOM = 1.25  # free memory needed, as a multiple of the snapshot's size
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor: the local shard of an FSDP2 ``DTensor`` (a view of its storage), else itself."""
+    return tensor.to_local() if _is_dtensor(tensor) else tensor
+
+
+def _is_dtensor(tensor: Any) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        return False
+    return isinstance(tensor, DTensor)
+
+
 def _copy(value: Any, device: torch.device | str | None) -> Any:
-    """A deep copy of nested containers of tensors, tensors copied to ``device`` (``None``: where they are)."""
+    """A deep copy of nested containers of tensors, tensors copied to ``device`` (``None``: where they are); a
+    sharded ``DTensor`` becomes a copy of this rank's local shard."""
     if isinstance(value, torch.Tensor):
+        value = _local(value)
         return value.detach().clone() if device is None else value.detach().to(device, copy=True)
     if isinstance(value, dict):
         return {key: _copy(item, device) for key, item in value.items()}
@@ -68,37 +87,45 @@ def _set_rng_states(states: dict) -> None:
 
 def snapshot_bytes(trainer: "Trainer") -> int:
     """Bytes a snapshot takes: the trainable weights and buffers plus the optimizer's state tensors."""
-    total = sum(t.numel() * t.element_size() for t in _trainable_state(trainer.model).values())
+    total = sum(_local(t).numel() * t.element_size() for t in _trainable_state(trainer.model).values())
     for state in getattr(trainer.optimizer, "state", {}).values():
-        total += sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+        total += sum(_local(v).numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
     return total
+
+
+def in_place_only(trainer: "Trainer") -> bool:
+    """FSDP2: model and optimizer tensors are sharded ``DTensor``s, restored shard by shard in place."""
+    return bool(getattr(trainer, "is_fsdp_enabled", False)) and getattr(
+        trainer.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 2
 
 
 def choose_branch_restore(trainer: "Trainer", requested: str) -> tuple[str, str]:
     """``(mode, reason)``: how WSD branches keep the main branch — ``"device"``, ``"cpu"`` or ``"checkpoint"``."""
     if requested not in BRANCH_RESTORES:
         raise ValueError(f"unknown `branch_restore` {requested!r}; choose one of {', '.join(BRANCH_RESTORES)}.")
-    sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
-    if sharded:
+    deepspeed = getattr(trainer, "is_deepspeed_enabled", False)
+    if deepspeed or (getattr(trainer, "is_fsdp_enabled", False) and not in_place_only(trainer)):
+        engine = "DeepSpeed" if deepspeed else "FSDP1"
         if requested in ("device", "cpu"):
             raise ValueError(
-                f"`branch_restore`={requested!r} cannot keep FSDP / DeepSpeed state (sharded across processes): "
-                "use 'checkpoint' or 'auto'."
+                f"`branch_restore`={requested!r} cannot keep {engine} state (partitioned inside the engine): use "
+                "'checkpoint' or 'auto' (FSDP2 keeps branches in memory)."
             )
-        return "checkpoint", "FSDP / DeepSpeed shard the model and optimizer: branches restart from a checkpoint"
+        return "checkpoint", f"{engine} keeps its partitions inside the engine: branches restart from a checkpoint"
     if requested != "auto":
         return requested, "as configured (`branch_restore`)"
+    sharded = " (this rank's FSDP2 shards)" if in_place_only(trainer) else ""
     needed = _HEADROOM * snapshot_bytes(trainer)
     device = trainer.args.device
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if free >= needed:
-            return "device", f"{needed / 2**30:.2f} GiB fit in the device's {free / 2**30:.1f} GiB free"
+            return "device", f"{needed / 2**30:.2f} GiB{sharded} fit in the device's {free / 2**30:.1f} GiB free"
     available = _host_available_bytes()
     if device.type == "cpu" and (available is None or available >= needed):
-        return "device", "training on the CPU: the snapshot is a copy in host memory"
+        return "device", f"training on the CPU: the snapshot{sharded} is a copy in host memory"
     if available is None or available >= needed:
-        return "cpu", f"{needed / 2**30:.2f} GiB kept in host memory"
+        return "cpu", f"{needed / 2**30:.2f} GiB{sharded} kept in host memory"
     return "checkpoint", f"no room for a {needed / 2**30:.2f} GiB snapshot: branches restart from a checkpoint"
 
 
@@ -132,7 +159,7 @@ def take_snapshot(trainer: "Trainer", components: dict[str, Any], device: str) -
     return MainBranchSnapshot(
         step=trainer.state.global_step,
         weights=_copy(_trainable_state(trainer.model), target),
-        optimizer=_copy(trainer.optimizer.state_dict(), target),
+        optimizer=_copy(_optimizer_state(trainer), target),
         scheduler=copy.deepcopy(trainer.lr_scheduler.state_dict()),
         scaler=None if scaler is None else copy.deepcopy(scaler.state_dict()),
         rng=_rng_states(),
@@ -152,8 +179,11 @@ def restore_snapshot(trainer: "Trainer", snapshot: MainBranchSnapshot, component
     """Put the main branch back in place: after this, training continues from the branch point exactly."""
     live = _trainable_state(trainer.model)
     for key, tensor in snapshot.weights.items():
-        live[key].copy_(tensor)
-    trainer.optimizer.load_state_dict(snapshot.optimizer)
+        _local(live[key]).copy_(tensor)  # in place: FSDP2 all-gathers from this very storage
+    if in_place_only(trainer):
+        _restore_optimizer_in_place(trainer.optimizer, snapshot.optimizer)
+    else:
+        trainer.optimizer.load_state_dict(snapshot.optimizer)
     trainer.lr_scheduler.load_state_dict(snapshot.scheduler)
     if snapshot.scaler is not None:
         trainer.accelerator.scaler.load_state_dict(snapshot.scaler)
@@ -168,3 +198,33 @@ def restore_snapshot(trainer: "Trainer", snapshot: MainBranchSnapshot, component
     for name, component in components.items():
         component.load_state_dict(snapshot.components[name])
     _set_rng_states(snapshot.rng)
+
+
+def _optimizer_state(trainer: "Trainer") -> dict:
+    """What a snapshot keeps of the optimizer: its ``state_dict()``, or under FSDP2 the state tensors by parameter
+    position plus the groups' hyperparameters (restored in place by :func:`_restore_optimizer_in_place`)."""
+    if not in_place_only(trainer):
+        return trainer.optimizer.state_dict()
+    optimizer = trainer.optimizer
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return {
+        "state": {i: dict(optimizer.state[p]) for i, p in enumerate(params) if p in optimizer.state},
+        "groups": [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups],
+    }
+
+
+def _restore_optimizer_in_place(optimizer, saved: dict) -> None:
+    """Copy the saved local shards into the live optimizer state (state the branch added is dropped)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, param in enumerate(params):
+        if i not in saved["state"]:
+            optimizer.state.pop(param, None)
+            continue
+        live = optimizer.state[param]
+        for key, value in saved["state"][i].items():
+            if isinstance(value, torch.Tensor) and isinstance(live.get(key), torch.Tensor):
+                _local(live[key]).copy_(value)
+            else:
+                live[key] = copy.deepcopy(value)
+    for group, hyper in zip(optimizer.param_groups, saved["groups"]):
+        group.update(copy.deepcopy(hyper))

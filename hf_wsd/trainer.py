@@ -29,7 +29,7 @@ from typing import Any
 from transformers import Trainer
 from transformers.trainer_callback import CallbackHandler
 
-from . import averaging, backend_logs, branching, lean, live, run_lock, runs
+from . import averaging, backend_logs, branching, engines, lean, live, run_lock, runs
 from .config import WSDArguments
 from .divergence import DivergenceGuard, any_rank
 from .events import BudgetReached, dispatch
@@ -109,7 +109,9 @@ class WSDMixin:
                 "`save_only_model=True` cannot restore WSD branches (they need optimizer state); set it to False."
             )
         model = lean.prepare_model(model, args, peft_config)  # PEFT adapters: hf_wsd/lean.py
+        engines.prepare_engine()  # opt-ins for sharded engines on CPU (hf_wsd/engines.py)
         super().__init__(model, args, *pargs, **kwargs)
+        self.engine = engines.check_engine(self)  # the engine in use (DDP, FSDP2, ZeRO-n); no silent fallback
         if args.save_merged_budgets and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError(
                 "`save_merged_budgets` merges an in-memory copy of the model, which FSDP and DeepSpeed shard: set it "
@@ -226,6 +228,7 @@ class WSDMixin:
             # A WSD branch ended (checkpoint mode): restart from its branch point. Callbacks see one run.
             checkpoint = str(self._restart_from)
             self.callback_handler.restarting = True
+            engines.before_restart(self)  # DeepSpeed builds a new engine for the restarted train()
 
     def _nothing_left(self, checkpoint: str) -> bool:
         """A resume from the plan's last update with no budget request waiting: there is no update to train."""
@@ -305,7 +308,7 @@ class WSDMixin:
         if self.branch_restore is None:
             self.branch_restore, reason = branching.choose_branch_restore(self, self.args.branch_restore)
             if any(b.branch for b in self.plan.budgets):
-                logger.info("WSD branches keep the main branch in %s memory (%s)", self.branch_restore, reason)
+                logger.info("WSD branches: branch_restore=%s (%s)", self.branch_restore, reason)
             self.meter = self._throughput_meter()
         elif self.meter is not None:  # a restart after a WSD branch (checkpoint mode): the switch is not training
             self.meter.resume(step=self._updates_done, tokens_seen=self._tokens_done())
@@ -525,7 +528,7 @@ class WSDMixin:
             return  # on_divergence="warn": never written, so never evaluated, carded or published
         else:
             tmp = runs.temporary_folder(self.output_path, budget)  # moved into place only once complete
-            self.save_model(str(tmp), _internal_call=True)  # every rank: FSDP and DeepSpeed gather the weights
+            engines.save_budget_weights(self, tmp)  # every rank: FSDP and DeepSpeed gather the full weights
             if self.args.should_save:
                 runs.write_json(tmp / runs.BUDGET_FILE, self._budget_record(budget, tmp))
                 runs.finalize_folder(tmp, folder)

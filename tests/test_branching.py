@@ -1,5 +1,5 @@
 """WSD side branches kept in memory: bitwise the same budgets as the checkpoint path, inside one `train()` call, and
-the automatic choice of where the main branch waits (device, host memory, or a checkpoint under FSDP / DeepSpeed).
+the automatic choice of where the main branch waits (device, host memory, or a checkpoint under FSDP1 / DeepSpeed).
 
 A SIGKILL inside an in-memory branch that resumes bitwise is `test_trainer.py::test_sigkill_then_resume_equals_the_
 uninterrupted_run[wsd-39]` (`branch_restore="auto"` is a device copy on the CPU, as asserted below).
@@ -58,25 +58,35 @@ def test_branches_in_memory_and_from_checkpoints_give_the_same_budgets(reference
     assert counter.starts == 1
 
 
-def fake_trainer(device: str = "cpu", fsdp: bool = False, deepspeed: bool = False):
+def fake_trainer(device: str = "cpu", fsdp: int | None = None, deepspeed: bool = False):
     model = torch.nn.Linear(256, 256)  # 65,792 parameters: a snapshot of 263 KB (no optimizer state yet)
-    return SimpleNamespace(model=model, optimizer=torch.optim.AdamW(model.parameters()), is_fsdp_enabled=fsdp,
-                           is_deepspeed_enabled=deepspeed, args=SimpleNamespace(device=torch.device(device)))
+    plugin = SimpleNamespace(fsdp_version=fsdp) if fsdp else None
+    return SimpleNamespace(model=model, optimizer=torch.optim.AdamW(model.parameters()), is_fsdp_enabled=bool(fsdp),
+                           is_deepspeed_enabled=deepspeed, args=SimpleNamespace(device=torch.device(device)),
+                           accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)))
 
 
 def test_auto_keeps_the_main_branch_next_to_the_weights_on_the_cpu():
     assert branching.choose_branch_restore(fake_trainer(), "auto")[0] == "device"
 
 
-@pytest.mark.parametrize("sharding", ["fsdp", "deepspeed"])
-def test_auto_restarts_from_checkpoints_under_fsdp_and_deepspeed(sharding):
-    trainer = fake_trainer(**{sharding: True})
+@pytest.mark.parametrize(("sharding", "engine"), [({"fsdp": 1}, "FSDP1"), ({"deepspeed": True}, "DeepSpeed")])
+def test_auto_restarts_from_checkpoints_under_fsdp1_and_deepspeed(sharding, engine):
+    trainer = fake_trainer(**sharding)
     mode, reason = branching.choose_branch_restore(trainer, "auto")
-    assert mode == "checkpoint" and "FSDP / DeepSpeed" in reason
+    assert mode == "checkpoint" and engine in reason
     for requested in ("device", "cpu"):
         with pytest.raises(ValueError, match="`branch_restore`"):
             branching.choose_branch_restore(trainer, requested)
     assert branching.choose_branch_restore(trainer, "checkpoint")[0] == "checkpoint"
+
+
+def test_auto_keeps_fsdp2_shards_in_memory():
+    """FSDP2's shards are restored in place (tests/test_sharded.py runs it on two processes)."""
+    trainer = fake_trainer(fsdp=2)
+    mode, reason = branching.choose_branch_restore(trainer, "auto")
+    assert mode == "device" and "FSDP2 shards" in reason
+    assert branching.choose_branch_restore(trainer, "cpu")[0] == "cpu"
 
 
 def test_auto_on_a_full_gpu_falls_back_to_host_memory_then_to_checkpoints(monkeypatch):
