@@ -139,6 +139,14 @@ class WSDArguments:
         budget_request_steps (`int`, *optional*, defaults to `1`):
             Look for `hf-wsd budget add/remove` requests every this many updates on the main path (and when a
             launch starts). With several processes each look is one small broadcast from the main process.
+        async_checkpoints (`bool`, *optional*, defaults to `True`):
+            Write the main branch's resumable checkpoints (branch points, in-line budgets, `save_steps`) off the
+            critical path: training stops only to copy the model, optimizer and the rest of the state into host
+            memory (reused buffers: one extra copy of model + optimizer in RAM); a background thread writes the
+            Trainer's usual files into a hidden `.tmp-checkpoint-N/`, syncs them and renames it to `checkpoint-N`.
+            A kill mid-write leaves the previous checkpoint as the resume point. `train()` returns once the last
+            write is on disk; a failed write is raised. Synchronous under FSDP / DeepSpeed (sharded, collective
+            savers) and with `load_best_model_at_end` / `metric_for_best_model`.
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):
             Start a new run in an `output_dir` that already holds one (its budget folders are replaced as the
             new run reaches them). Without it, such a directory is an error unless you resume.
@@ -276,6 +284,13 @@ class WSDArguments:
     preview_push_to_hub: bool = field(
         default=False,
         metadata={"help": "Publish each EMA preview to its own Hub branch (main never holds one)."},
+    )
+    # ---- checkpoints off the critical path (hf_wsd/async_checkpoints.py)
+    async_checkpoints: bool = field(
+        default=True,
+        metadata={"help": "Write the main branch's checkpoints in a background thread (training pauses only to copy "
+                          "the state to host memory); crash-safe: a checkpoint appears only once complete. "
+                          "Synchronous under FSDP / DeepSpeed and with best-model tracking."},
     )
     overwrite_output_dir: bool = field(
         default=False,
