@@ -150,6 +150,14 @@ class WSDArguments:
         allow_step_suffixes (`bool`, *optional*, defaults to `False`):
             With `budget_unit="steps"`, accept `K`/`M`/`B`/`T` suffixes (`"20K"` = 20,000 updates); otherwise such
             a budget is refused as a likely token count.
+        async_checkpoints (`bool`, *optional*, defaults to `True`):
+            Write the main branch's resumable checkpoints (branch points, in-line budgets, `save_steps`) off the
+            critical path: training stops only to copy the model, optimizer and the rest of the state into host
+            memory (reused buffers: one extra copy of model + optimizer in RAM); a background thread writes the
+            Trainer's usual files into a hidden `.tmp-checkpoint-N/`, syncs them and renames it to `checkpoint-N`.
+            A kill mid-write leaves the previous checkpoint as the resume point. `train()` returns once the last
+            write is on disk; a failed write is raised. Synchronous under FSDP / DeepSpeed (sharded, collective
+            savers) and with `load_best_model_at_end` / `metric_for_best_model`.
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):
             Start a new run in an `output_dir` that already holds one: the old run's checkpoints, budgets, records,
             log, requests and publishing ledger are removed first. Without it, such a directory is an error unless
@@ -306,6 +314,13 @@ class WSDArguments:
         default=False,
         metadata={"help": "Accept K/M/B/T suffixes on budgets counted in updates (budget_unit='steps'): '20K' "
                           "then means 20,000 updates. Off, such a budget is refused as a likely token count."},
+    )
+    # ---- checkpoints off the critical path (hf_wsd/async_checkpoints.py)
+    async_checkpoints: bool = field(
+        default=True,
+        metadata={"help": "Write the main branch's checkpoints in a background thread (training pauses only to copy "
+                          "the state to host memory); crash-safe: a checkpoint appears only once complete. "
+                          "Synchronous under FSDP / DeepSpeed and with best-model tracking."},
     )
     overwrite_output_dir: bool = field(
         default=False,

@@ -29,7 +29,7 @@ from typing import Any
 from transformers import Trainer
 from transformers.trainer_callback import CallbackHandler
 
-from . import averaging, backend_logs, branching, engines, lean, live, run_lock, runs
+from . import async_checkpoints, averaging, backend_logs, branching, engines, lean, live, run_lock, runs
 from .config import WSDArguments
 from .divergence import DivergenceGuard, any_rank
 from .events import BudgetReached, dispatch
@@ -139,6 +139,7 @@ class WSDMixin:
         self._meter_mark = 0  # the meter's step at the previous budget
         self.ema = averaging.build_average(self)  # the EMA of the stable phase (ema_beta), or None
         self._previewed: set[int] = set()  # main-path steps whose EMA preview this process handled
+        self.checkpoint_writer = async_checkpoints.AsyncCheckpointWriter()  # hf_wsd/async_checkpoints.py
         handler = self.callback_handler
         self.callback_handler = BranchAwareCallbackHandler(
             handler.callbacks, handler.model, handler.processing_class, handler.optimizer, handler.lr_scheduler
@@ -222,7 +223,8 @@ class WSDMixin:
         while True:
             self._restart_from = None
             self._handled_step = -1
-            output = super().train(checkpoint, *args, **kwargs)
+            with self.checkpoint_writer.finishing(self):  # returns once the last checkpoint is on disk
+                output = super().train(checkpoint, *args, **kwargs)
             if self._restart_from is None:
                 return output
             # A WSD branch ended (checkpoint mode): restart from its branch point. Callbacks see one run.
@@ -273,6 +275,7 @@ class WSDMixin:
             for leftover in runs.leftover_temporary_folders(output_dir):
                 logger.warning("Removing %s, a budget folder an interrupted launch left half-written", leftover)
                 shutil.rmtree(leftover, ignore_errors=True)
+            async_checkpoints.remove_leftovers(output_dir)  # checkpoints a kill left half-written: never resumed from
             runs.write_json(output_dir / runs.PLAN_FILE, record)
         self.accelerator.wait_for_everyone()
         if checkpoint is not None:
@@ -363,6 +366,8 @@ class WSDMixin:
             return  # on_divergence="warn": the last good checkpoint stays the newest
         with self._paused():
             # hf_wsd's own state goes in before the Trainer's files: their trainer_state.json marks it complete.
+            if self.checkpoint_writer.save(self, self._stateful_parts(), save_state_parts, *args, **kwargs):
+                return  # copied now, written in the background
             folder = runs.checkpoint_folder(self._get_output_dir(trial=None), self.state.global_step)
             save_state_parts(self._stateful_parts(), folder, self.args.process_index, self.args.should_save)
             super()._save_checkpoint(*args, **kwargs)
