@@ -118,11 +118,55 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(group: dict[str, Path], rows: list[dict], path: Path, title: str) -> Path:
+    """The four runs' logged losses (20-update means), the fitted WSD-S part, and each method's forecast with its
+    band at 2H."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for index, schedule in enumerate(SCHEDULES):
+        curve = read_csv(group[schedule]).main
+        window = np.convolve(curve.loss, np.ones(WINDOW) / WINDOW, mode="valid")
+        axis.plot(curve.end[WINDOW - 1 :], window, color=f"C{index}", lw=1, label=f"{schedule} (measured)")
+        for row in rows:
+            if row["schedule"] != schedule or row["method"] not in ("bounded", "unbounded"):
+                continue
+            x = row["horizon"] + (4 if row["method"] == "bounded" else -4) + 2 * index
+            marker = "o" if row["method"] == "bounded" else "x"
+            fill = "none" if "refused" in row else f"C{index}"
+            axis.errorbar(
+                x,
+                row["predicted"],
+                yerr=[[row["predicted"] - row["low"]], [row["high"] - row["predicted"]]],
+                fmt=marker,
+                color=f"C{index}",
+                mfc=fill,
+                capsize=3,
+            )
+    fit_until = rows[0]["fit_until"]
+    axis.axvline(fit_until, color="grey", ls=":", lw=1, label="WSD-S fitted up to here")
+    measured = [r["measured"] for r in rows]
+    axis.set_ylim(0.85 * min(measured), 1.15 * max(measured))  # unbounded bands reach far outside: clipped here
+    axis.set_xlim(fit_until // 2, rows[0]["horizon"] + 20)
+    axis.set_xlabel("update")
+    axis.set_ylabel(f"training loss ({WINDOW}-update mean)")
+    axis.set_title(title + "\no: bounded (hollow: refused), x: unbounded fit_law; bars: 90 % bands", fontsize=9)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
     parser.add_argument("--fit-until", type=int, nargs="+", help="H values (default: the runs' horizon)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path, help="write the first run's forecasts at H as this PNG")
     parser.add_argument("--gain-factors", type=float, nargs="+", help="also score these caps (GAIN_FACTOR)")
     args = parser.parse_args(argv)
     meta = json.loads((args.folder / "runs.json").read_text())
@@ -141,6 +185,11 @@ def main(argv: list[str] | None = None) -> None:
                     flush=True,
                 )
     print(table(rows))
+    if args.plot:
+        first = rows[0]["run"]
+        lr, seed = first[2:].split("-seed")
+        chosen = [r for r in rows if r["run"] == first and r["fit_until"] == rows[0]["fit_until"]]
+        print(f"figure: {plot(runs(args.folder)[(lr, int(seed))], chosen, args.plot, first)}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=float))
 
