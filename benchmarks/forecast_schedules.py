@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hf_wsd import forecast_cross
 from hf_wsd.forecast import fit_law
 from hf_wsd.forecast_cross import ForecastRefused, ScheduleForecaster
 from hf_wsd.forecast_logs import read_csv
@@ -40,7 +41,7 @@ def runs(folder: Path) -> dict[tuple[str, int], dict[str, Path]]:
     return {key: value for key, value in found.items() if "wsd-s" in value}
 
 
-def score(group: dict[str, Path], fit_until: int, horizon: int) -> list[dict]:
+def score(group: dict[str, Path], fit_until: int, horizon: int, gain_factors=(None,)) -> list[dict]:
     log = read_csv(group["wsd-s"]).cut(fit_until)
     started = time.perf_counter()
     forecaster = ScheduleForecaster(log)
@@ -65,32 +66,21 @@ def score(group: dict[str, Path], fit_until: int, horizon: int) -> list[dict]:
             "fit_seconds": seconds,
             "law": forecaster.law,
         }
-        try:
-            f = forecaster.predict(lr, horizon - WINDOW, horizon)
+        default = forecast_cross.GAIN_FACTOR
+        for factor in gain_factors:
+            method = "bounded" if factor is None else f"bounded x{factor:g}"
+            forecast_cross.GAIN_FACTOR = default if factor is None else factor
+            try:
+                f = forecaster.predict(lr, horizon - WINDOW, horizon)
+                extra = {}
+            except ForecastRefused as error:
+                f = forecaster.predict(lr, horizon - WINDOW, horizon, refuse=False)
+                extra = {"refused": error.reason}
+            finally:
+                forecast_cross.GAIN_FACTOR = default
+            numbers = {"predicted": f.predicted, "low": f.low, "high": f.high, "capped": f.capped}
             rows.append(
-                {
-                    **base,
-                    "method": "bounded",
-                    "predicted": f.predicted,
-                    "low": f.low,
-                    "high": f.high,
-                    "capped": f.capped,
-                    "decay_ratio": f.decay_ratio,
-                    "spread": f.spread,
-                }
-            )
-        except ForecastRefused as error:
-            f = forecaster.predict(lr, horizon - WINDOW, horizon, refuse=False)
-            rows.append(
-                {
-                    **base,
-                    "method": "bounded",
-                    "refused": error.reason,
-                    "predicted": f.predicted,
-                    "low": f.low,
-                    "high": f.high,
-                    "decay_ratio": f.decay_ratio,
-                }
+                {**base, "method": method, **numbers, "decay_ratio": f.decay_ratio, "spread": f.spread, **extra}
             )
         mean, low, high = unbounded.predict_with_band(lr, horizon - WINDOW, horizon)
         rows.append({**base, "method": "unbounded", "law": unbounded.law, "predicted": mean, "low": low, "high": high})
@@ -128,28 +118,78 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(group: dict[str, Path], rows: list[dict], path: Path, title: str) -> Path:
+    """The four runs' logged losses (20-update means), the fitted WSD-S part, and each method's forecast with its
+    band at 2H."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for index, schedule in enumerate(SCHEDULES):
+        curve = read_csv(group[schedule]).main
+        window = np.convolve(curve.loss, np.ones(WINDOW) / WINDOW, mode="valid")
+        axis.plot(curve.end[WINDOW - 1 :], window, color=f"C{index}", lw=1, label=f"{schedule} (measured)")
+        for row in rows:
+            if row["schedule"] != schedule or row["method"] not in ("bounded", "unbounded"):
+                continue
+            x = row["horizon"] + (4 if row["method"] == "bounded" else -4) + 2 * index
+            marker = "o" if row["method"] == "bounded" else "x"
+            fill = "none" if "refused" in row else f"C{index}"
+            axis.errorbar(
+                x,
+                row["predicted"],
+                yerr=[[row["predicted"] - row["low"]], [row["high"] - row["predicted"]]],
+                fmt=marker,
+                color=f"C{index}",
+                mfc=fill,
+                capsize=3,
+            )
+    fit_until = rows[0]["fit_until"]
+    axis.axvline(fit_until, color="grey", ls=":", lw=1, label="WSD-S fitted up to here")
+    measured = [r["measured"] for r in rows]
+    axis.set_ylim(0.85 * min(measured), 1.15 * max(measured))  # unbounded bands reach far outside: clipped here
+    axis.set_xlim(fit_until // 2, rows[0]["horizon"] + 20)
+    axis.set_xlabel("update")
+    axis.set_ylabel(f"training loss ({WINDOW}-update mean)")
+    axis.set_title(title + "\no: bounded (hollow: refused), x: unbounded fit_law; bars: 90 % bands", fontsize=9)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
     parser.add_argument("--fit-until", type=int, nargs="+", help="H values (default: the runs' horizon)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path, help="write the first run's forecasts at H as this PNG")
+    parser.add_argument("--gain-factors", type=float, nargs="+", help="also score these caps (GAIN_FACTOR)")
     args = parser.parse_args(argv)
     meta = json.loads((args.folder / "runs.json").read_text())
     horizon = 2 * meta["horizon"]
     rows = []
     for (lr, seed), group in runs(args.folder).items():
         for fit_until in args.fit_until or [meta["horizon"]]:
-            for row in score(group, fit_until, horizon):
+            for row in score(group, fit_until, horizon, [None, *(args.gain_factors or [])]):
                 rows.append({"run": f"lr{lr}-seed{seed}", **row})
                 r = rows[-1]
                 print(
                     f"{r['run']:<16} H={fit_until} {r['schedule']:<13} {r['method']:<9} {r['law']:<8} "
                     f"pred {r['predicted']:.4f} [{r['low']:.4f}, {r['high']:.4f}] meas {r['measured']:.4f} "
                     f"err {100 * r['error']:+.2f} % {'in' if r['in_band'] else 'OUT'} width {100 * r['width']:.1f} %"
-                    + (f"  REFUSED: {r['refused']}" if "refused" in r else ""),
+                    + (f"  REFUSED: {r['refused'].split(': ', 2)[-1][:140]}" if "refused" in r else ""),
                     flush=True,
                 )
     print(table(rows))
+    if args.plot:
+        first = rows[0]["run"]
+        lr, seed = first[2:].split("-seed")
+        chosen = [r for r in rows if r["run"] == first and r["fit_until"] == rows[0]["fit_until"]]
+        print(f"figure: {plot(runs(args.folder)[(lr, int(seed))], chosen, args.plot, first)}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=float))
 

@@ -32,7 +32,6 @@ from .forecast import (
     LawFit,
     _bounds,
     _check_enough,
-    _decay_count,
     _evaluate,
     _inside,
     _noise_scale,
@@ -44,7 +43,7 @@ from .loss_laws import _LAW_FUNCTIONS, LAWS, _internal, _public
 
 logger = logging.getLogger(__name__)
 
-GAIN_FACTOR = 4.0  # a forecast's annealing gain is at most this × the largest gain at the end of a logged decay
+GAIN_FACTOR = 1.5  # a forecast's annealing gain is at most this × the largest gain at the end of a logged decay
 MAX_DECAY_RATIO = 25.0  # refuse a final decay losing more than this × the LR area of the log's longest decay
 MAX_HORIZON = 4.0  # refuse forecasts beyond this × the log's last update
 MAX_BAND_WIDTH = 0.15  # refuse when the 90 % band (high - low) is wider than this fraction of the prediction
@@ -135,7 +134,14 @@ class ScheduleForecaster:
             raise problems[-1]
         self.fits = {name: fit_law(log, name) for name in candidates}
         self.refits = {name: self._refits(name, bootstrap) for name in candidates}
-        scores = {name: self.refits[name]["decay_error"] for name in candidates}
+        # The error in the direction asked: on held-out decays (the annealing term) and on the held-out end of the
+        # log (the S1 term's extrapolation in time); a law that cannot be scored on held-out decays is not chosen.
+        scores = {
+            name: None
+            if self.refits[name]["decay_error"] is None
+            else float(np.hypot(self.refits[name]["decay_error"], self.fits[name].model_error or 0.0))
+            for name in candidates
+        }
         scored = {n: s for n, s in scores.items() if s is not None}
         self.law = min(scored, key=scored.get) if scored else candidates[-1]
         self.scores = scores
@@ -154,7 +160,11 @@ class ScheduleForecaster:
         for decay in ranked if len(self.decays) >= 2 else []:
             inside = (curve_of == decay.curve) & (starts >= decay.start) & (ends <= decay.end + 1)
             train, test = _prepare(self.log, keep=~inside), _prepare(self.log, keep=inside)
-            if not len(test.loss) or _decay_count(train) < MIN_DECAYS[law] - (law == "mpl"):
+            left = sum(  # decays that still have logged losses once this one is held out
+                bool(np.any(~inside & (curve_of == d.curve) & (starts >= d.start) & (ends <= d.end + 1)))
+                for d in self.decays
+            )
+            if not len(test.loss) or left < MIN_DECAYS[law]:  # MPL needs two decays left to fit its decay terms
                 continue
             refit = _polish(train, law, theta)
             mean, _ = _evaluate(test, law, refit)
@@ -225,6 +235,7 @@ class ScheduleForecaster:
             "bootstrap": float(np.sqrt(np.mean(np.square(boot)))) if boot else 0.0,
             "held_out_decays": float(np.sqrt(np.mean(np.square(jack)))) if jack else 0.0,
             "decay_error": refits["decay_error"] or 0.0,
+            "end_error": fit.model_error or 0.0,  # the law's error on the log's held-out last 20 %
             "target_noise": self.noise / np.sqrt(max(end - start, 1)) if observed else 0.0,
         }
         spread = float(np.sqrt(sum(v**2 for v in parts.values())))
