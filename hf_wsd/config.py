@@ -143,6 +143,9 @@ class WSDArguments:
             A non-finite training loss or non-finite weights stop the run, naming the update, the value and the
             last good checkpoint (`"stop"`), or are logged and training goes on (`"warn"`). Either way a budget
             with non-finite weights is never written, evaluated or published.
+        allow_data_change (`bool`, *optional*, defaults to `False`):
+            Resume even though the training data's fingerprint differs from the one the run started with (a shard
+            added, removed or edited in place). Without it such a resume is refused.
         allow_step_suffixes (`bool`, *optional*, defaults to `False`):
             With `budget_unit="steps"`, accept `K`/`M`/`B`/`T` suffixes (`"20K"` = 20,000 updates); otherwise such
             a budget is refused as a likely token count.
@@ -291,6 +294,11 @@ class WSDArguments:
         metadata={"help": "A non-finite training loss or non-finite weights: 'stop' the run (the last good checkpoint "
                           "stays resumable) or 'warn' and train on; a budget with non-finite weights is never "
                           "written or published either way.", "choices": ["stop", "warn"]},
+    )
+    allow_data_change: bool = field(
+        default=False,
+        metadata={"help": "Resume even though the training data changed since the run started (a shard added, removed "
+                          "or edited: the data order changes). Off, such a resume is refused."},
     )
     allow_step_suffixes: bool = field(
         default=False,

@@ -88,8 +88,12 @@ def _local_name(corpus: str) -> str:
 
 
 def files_fingerprint(files: Sequence[Path], *extra: str) -> str:
-    """SHA-256 over each file's path, size and modification time (as ``datasets`` does for local data files)."""
-    stamps = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    """SHA-256 over each file's path, size, modification time (as ``datasets`` does for local data files) and a
+    sampled content digest (three 64 KiB windows: an edit that keeps the size and mtime is seen when it touches one;
+    :func:`~hf_wsd.data.fingerprint.sampled_digest`)."""
+    from .fingerprint import sampled_digest
+
+    stamps = [(str(p), p.stat().st_size, p.stat().st_mtime_ns, sampled_digest(p)) for p in files]
     return hashlib.sha256(json.dumps([stamps, *extra]).encode()).hexdigest()
 
 
