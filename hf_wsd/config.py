@@ -354,7 +354,8 @@ class WSDArguments:
 
         check_action(self.on_divergence)
         if self.budget_unit == "steps":
-            check_step_suffixes(self.budgets, self.allow_step_suffixes, "budgets", "allow_step_suffixes=True")
+            check_step_suffixes(self.budgets, self.allow_step_suffixes, "budgets",
+                                "allow_step_suffixes=True (recipe: --allow_step_suffixes true)")
 
     def _check_adapter_fields(self) -> None:
         """LoRA fields set without ``use_peft`` would silently train the full model: refuse them."""
