@@ -138,11 +138,29 @@ def test_a_refused_token_or_repo_is_reported_before_step_0_with_the_fix(tmp_path
 
 def test_a_changed_hub_model_id_on_resume_publishes_the_whole_run_to_the_new_repo(tmp_path, local_hub, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
-    tiny_run(tmp_path, (10, 20), push="tester/first", save_steps=5).train()
-    tiny_run(tmp_path, (10, 20, 30), push="tester/second", save_steps=5).train(resume_from_checkpoint=True)
+    tiny_run(tmp_path, (10, 20), push="tester/model", save_steps=5).train()
+    # Moved to an organization's repo of the same name (the ledger knew only the name's last part as "the repo").
+    tiny_run(tmp_path, (10, 20, 30), push="my-org/model", save_steps=5).train(resume_from_checkpoint=True)
     names = {folder.name for folder in budget_dirs(tmp_path).values()}
-    for repo in ("tester/first", "tester/second"):
-        assert names - {"step30-tokens1.92K"} <= set(local_hub.repos[repo].branches), repo
-    assert names <= set(local_hub.repos["tester/second"].branches)
-    main = json.loads(local_hub.branch_files("tester/second", "main")["budget.json"])
+    assert names - {"step30-tokens1.92K"} <= set(local_hub.repos["tester/model"].branches)
+    assert names <= set(local_hub.repos["my-org/model"].branches)  # the whole run, not only budget 30
+    main = json.loads(local_hub.branch_files("my-org/model", "main")["budget.json"])
     assert main["step"] == 30
+    tiny_run(tmp_path, (10, 20, 30), push="model", save_steps=5).train(resume_from_checkpoint=True)  # bare name
+    assert names <= set(local_hub.repos["tester/model"].branches)
+
+
+def test_hf_wsd_push_never_publishes_a_budget_folder_of_another_run(tmp_path, local_hub, monkeypatch):
+    import shutil
+
+    from hf_wsd.publishing import push_pending
+
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    tiny_trainer(tmp_path, (10,)).train()
+    stale = runs.budgets_dir(tmp_path) / "step99-tokens6.34K"  # left by an older hf_wsd that did not clean up
+    shutil.copytree(budget_dirs(tmp_path)[10], stale)
+    record = json.loads((stale / runs.BUDGET_FILE).read_text())
+    (stale / runs.BUDGET_FILE).write_text(json.dumps({**record, "name": stale.name, "step": 99, "run_id": "old"}))
+    assert push_pending(tmp_path, "tester/pushed", endpoint=local_hub.endpoint) == 0
+    assert "step99-tokens6.34K" not in local_hub.repos["tester/pushed"].branches
+    assert json.loads(local_hub.branch_files("tester/pushed", "main")["budget.json"])["step"] == 10
