@@ -147,6 +147,9 @@ class WSDArguments:
             A non-finite training loss or non-finite weights stop the run, naming the update, the value and the
             last good checkpoint (`"stop"`), or are logged and training goes on (`"warn"`). Either way a budget
             with non-finite weights is never written, evaluated or published.
+        allow_data_change (`bool`, *optional*, defaults to `False`):
+            Resume even though the training data's fingerprint differs from the one the run started with (a shard
+            added, removed or edited in place). Without it such a resume is refused.
         allow_step_suffixes (`bool`, *optional*, defaults to `False`):
             With `budget_unit="steps"`, accept `K`/`M`/`B`/`T` suffixes (`"20K"` = 20,000 updates); otherwise such
             a budget is refused as a likely token count.
@@ -310,6 +313,11 @@ class WSDArguments:
                           "stays resumable) or 'warn' and train on; a budget with non-finite weights is never "
                           "written or published either way.", "choices": ["stop", "warn"]},
     )
+    allow_data_change: bool = field(
+        default=False,
+        metadata={"help": "Resume even though the training data changed since the run started (a shard added, removed "
+                          "or edited: the data order changes). Off, such a resume is refused."},
+    )
     allow_step_suffixes: bool = field(
         default=False,
         metadata={"help": "Accept K/M/B/T suffixes on budgets counted in updates (budget_unit='steps'): '20K' "
@@ -372,7 +380,8 @@ class WSDArguments:
 
         check_action(self.on_divergence)
         if self.budget_unit == "steps":
-            check_step_suffixes(self.budgets, self.allow_step_suffixes, "budgets", "allow_step_suffixes=True")
+            check_step_suffixes(self.budgets, self.allow_step_suffixes, "budgets",
+                                "allow_step_suffixes=True (recipe: --allow_step_suffixes true)")
 
     # ---- Trainer fields a WSD run cannot honour: refused (naming the WSD field to use) rather than ignored
     def _check_unhonoured_trainer_fields(self) -> None:

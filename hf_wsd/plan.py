@@ -58,9 +58,9 @@ def check_step_suffixes(values, allowed: bool, field: str, confirm: str) -> None
         if match is not None and match.group(2):
             raise ValueError(
                 f"`{field}` holds {value!r} and budgets are counted in updates (budget_unit='steps'): {value!r} would "
-                f"mean {parse_quantity(value, field):,.0f} updates. For tokens, set budget_unit='tokens' (CLI: --unit "
-                f"tokens); for that many updates, write the number ({parse_quantity(value, field):.0f}) or confirm "
-                f"with {confirm}."
+                f"mean {parse_quantity(value, field):,.0f} updates. For tokens, count budgets in tokens "
+                f"(budget_unit='tokens', recipe --budget_unit tokens, hf-wsd --unit tokens); for that many updates, "
+                f"write the number ({parse_quantity(value, field):.0f}) or confirm with {confirm}."
             )
 
 

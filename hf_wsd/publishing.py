@@ -234,8 +234,7 @@ class HubPublisher(BudgetCallback):
         if not folders and not (self.previews and previews):
             return []
         recorded = self._ledger.repo_id  # resolved (`user/name`) once a first upload got out
-        same_repo = recorded is not None and recorded.split("/")[-1] == self.repo_id.split("/")[-1]
-        published = self._ledger.branches(recorded if same_repo else self.repo_id)
+        published = self._ledger.branches(recorded if _same_repo(recorded, self.repo_id) else self.repo_id)
         missing = [b.folder for b in folders if b.name not in published]
         if folders and not missing and published.get(MAIN_BRANCH, {}).get("budget") != folders[-1].name:
             missing = [folders[-1].folder]  # every branch is out, but main was not moved to the newest
@@ -305,6 +304,15 @@ class HubPublisher(BudgetCallback):
             raise UnpublishedBudgetsError(self.repo_id, failures, self._output_dir)
 
 
+def _same_repo(recorded: str | None, wanted: str) -> bool:
+    """Whether the ledger's repo is the one asked for: the same ``owner/name``, or a bare ``name`` (the token's user)
+    with that name. ``tester/model`` and ``my-org/model`` are two repos: a run moved to the other one publishes every
+    budget there, not only those that come after the move."""
+    if recorded is None:
+        return False
+    return recorded == wanted if "/" in wanted else recorded.split("/")[-1] == wanted
+
+
 def _step(folder: Path) -> int:
     return runs.read_budget(folder)["step"]
 
@@ -333,7 +341,15 @@ def push_pending(
     repo_id = repo_id or ledger.repo_id
     if not repo_id:
         raise ValueError(f"no repo recorded in {ledger.path}: pass the Hub repo with --repo ORG/NAME.")
-    folders = [budget.folder for budget in runs.budget_records(output_dir)]
+    saved = runs.read_run(Path(output_dir))
+    records = runs.budget_records(output_dir)
+    if saved is not None:  # budget folders another run left behind are never published (nor pointed main at)
+        stale = [r.name for r in records if r.record.get("run_id") not in (None, saved.get("run_id"))]
+        if stale:
+            logger.warning("Not publishing %s: written by another run than the one in %s", ", ".join(stale),
+                           runs.PLAN_FILE)
+        records = [r for r in records if r.name not in stale]
+    folders = [budget.folder for budget in records]
     if not folders:
         logger.warning("No budget folders in %s: nothing to publish", budgets_dir)
         return 0

@@ -50,6 +50,7 @@ TASKS_DIR = "eval_tasks"
 PREVIEW_SUFFIX = "-ema"  # an EMA preview's folder and Hub branch: step{N}-tokens{T}-ema
 PREVIEW_KEY = "preview"  # budget.json / eval_results.json of a preview carry it; budgets never do
 MIXTURE_KEY = "decay_mixture"  # in PLAN_FILE: the decay mixture's windows (resume checks the ones already trained)
+DATA_KEY = "data"  # in PLAN_FILE: the training data's fingerprint (a resume checks it: hf_wsd/data/fingerprint.py)
 STATE_DIR = "wsd_state"  # inside a checkpoint: hf_wsd's own state (data feed positions, averages)
 TMP_PREFIX = ".tmp-"  # budget folders being written; hidden, so no reader ever takes one for a budget
 CHECKPOINT_PREFIX = "checkpoint-"

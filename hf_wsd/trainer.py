@@ -34,6 +34,7 @@ from .config import WSDArguments
 from .divergence import DivergenceGuard, any_rank
 from .events import BudgetReached, dispatch
 from .data.feed import FeedLoader, UpdateFeed, is_map_style
+from .data.fingerprint import check_resume_data, data_record
 from .live_trainer import LiveRun
 from .data.mixture import check_resume, decay_sources, mixture_for_run
 from .lr_scheduler import BudgetPlanLR, get_budget_plan_scheduler
@@ -253,6 +254,7 @@ class WSDMixin:
         """Check the output dir against the plan; returns the checkpoint to start from."""
         output_dir = self.output_path
         saved = runs.read_run(output_dir)
+        data = data_record(self.train_dataset)  # what the run trains on (hf_wsd/data/fingerprint.py)
         if resume in (None, False):
             run_lock.start_fresh(output_dir, saved, self.args.overwrite_output_dir, self.args.should_save)
             self.accelerator.wait_for_everyone()  # an overwritten run is gone on every rank's view
@@ -265,10 +267,13 @@ class WSDMixin:
             checkpoint = str(runs.resume_checkpoint(output_dir, old_plan, self.plan, resume))
             record = {**saved, "plan": self.plan.to_dict()}
             check_resume(saved.get(runs.MIXTURE_KEY), self.mixture, runs.checkpoint_step(checkpoint))
+            check_resume_data(saved.get(runs.DATA_KEY), data, self.args.allow_data_change, output_dir)
             if old_plan != self.plan:
                 logger.info("Extending the run: %r → %r, from %s", old_plan, self.plan, checkpoint)
         if self.mixture is not None:
             record[runs.MIXTURE_KEY] = self.mixture.to_dict()
+        if data is not None:
+            record[runs.DATA_KEY] = data
         self.run_id = self._from_main(record["run_id"])
         if self.args.should_save:
             runs.budgets_dir(output_dir).mkdir(parents=True, exist_ok=True)

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from helpers import HUB_TOKEN, budget_dirs, tiny_run, tiny_trainer
 
 from hf_wsd import run_lock, runs
+
+TINY = Path(__file__).parent / "helpers.py"
 
 
 def test_a_relaunch_is_refused_with_the_way_out_and_starting_over_removes_the_old_run(tmp_path, local_hub,
@@ -64,21 +68,26 @@ def _write_lock(output_dir, **holder):
     run_lock.lock_path(output_dir).write_text(json.dumps(payload))
 
 
-def test_a_second_launch_and_a_resume_are_refused_while_the_holder_lives(tmp_path):
-    tiny_trainer(tmp_path, (10, 20), save_steps=5).train()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+def test_a_resume_while_the_first_launch_trains_is_refused_and_a_killed_holder_is_taken_over(tmp_path):
+    out, flag = tmp_path / "run", tmp_path / "go"
+    first = subprocess.Popen([sys.executable, str(TINY), str(out), "--budgets", "10", "20", "--save-steps", "2",
+                              "--wait-at", "5", str(flag)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _write_lock(tmp_path, pid=other.pid, process_start=run_lock._process_start(other.pid))
-        for resume in (True, None):
-            with pytest.raises(run_lock.RunInUse, match=rf"another launch \(pid {other.pid} on "):
-                tiny_trainer(tmp_path, (10, 20), save_steps=5, overwrite_output_dir=resume is None).train(resume)
-        assert budget_dirs(tmp_path)  # the refused start over removed nothing
+        deadline = time.monotonic() + 120
+        while not Path(f"{flag}.waiting").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read().decode()[-2000:]
+            time.sleep(0.1)
+        # A requeued or double-submitted job resumes while the first still trains; a fresh start over is refused too.
+        for resume, overwrite in ((True, False), (None, True)):
+            with pytest.raises(run_lock.RunInUse, match=rf"another launch \(pid {first.pid} on "):
+                tiny_trainer(out, (10, 20), save_steps=2, overwrite_output_dir=overwrite).train(resume)
+        assert runs.checkpoints(out)  # the refused start over removed nothing
     finally:
-        other.kill()
-        other.wait()
-    # The holder is gone: its lock is broken and the resume goes on (nothing left to train).
-    tiny_trainer(tmp_path, (10, 20), save_steps=5).train(resume_from_checkpoint=True)
-    assert not run_lock.lock_path(tmp_path).exists()
+        first.send_signal(signal.SIGKILL)  # its node dies: the lock stays behind, naming a pid that is gone
+        first.wait()
+    assert json.loads(run_lock.lock_path(out).read_text())["pid"] == first.pid
+    tiny_trainer(out, (10, 20), save_steps=2).train(resume_from_checkpoint=True)  # the stale lock is broken
+    assert sorted(budget_dirs(out)) == [10, 20] and not run_lock.lock_path(out).exists()
 
 
 def test_a_lock_breaks_only_when_its_holder_is_gone(tmp_path):
@@ -129,11 +138,29 @@ def test_a_refused_token_or_repo_is_reported_before_step_0_with_the_fix(tmp_path
 
 def test_a_changed_hub_model_id_on_resume_publishes_the_whole_run_to_the_new_repo(tmp_path, local_hub, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
-    tiny_run(tmp_path, (10, 20), push="tester/first", save_steps=5).train()
-    tiny_run(tmp_path, (10, 20, 30), push="tester/second", save_steps=5).train(resume_from_checkpoint=True)
+    tiny_run(tmp_path, (10, 20), push="tester/model", save_steps=5).train()
+    # Moved to an organization's repo of the same name (the ledger knew only the name's last part as "the repo").
+    tiny_run(tmp_path, (10, 20, 30), push="my-org/model", save_steps=5).train(resume_from_checkpoint=True)
     names = {folder.name for folder in budget_dirs(tmp_path).values()}
-    for repo in ("tester/first", "tester/second"):
-        assert names - {"step30-tokens1.92K"} <= set(local_hub.repos[repo].branches), repo
-    assert names <= set(local_hub.repos["tester/second"].branches)
-    main = json.loads(local_hub.branch_files("tester/second", "main")["budget.json"])
+    assert names - {"step30-tokens1.92K"} <= set(local_hub.repos["tester/model"].branches)
+    assert names <= set(local_hub.repos["my-org/model"].branches)  # the whole run, not only budget 30
+    main = json.loads(local_hub.branch_files("my-org/model", "main")["budget.json"])
     assert main["step"] == 30
+    tiny_run(tmp_path, (10, 20, 30), push="model", save_steps=5).train(resume_from_checkpoint=True)  # bare name
+    assert names <= set(local_hub.repos["tester/model"].branches)
+
+
+def test_hf_wsd_push_never_publishes_a_budget_folder_of_another_run(tmp_path, local_hub, monkeypatch):
+    import shutil
+
+    from hf_wsd.publishing import push_pending
+
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    tiny_trainer(tmp_path, (10,)).train()
+    stale = runs.budgets_dir(tmp_path) / "step99-tokens6.34K"  # left by an older hf_wsd that did not clean up
+    shutil.copytree(budget_dirs(tmp_path)[10], stale)
+    record = json.loads((stale / runs.BUDGET_FILE).read_text())
+    (stale / runs.BUDGET_FILE).write_text(json.dumps({**record, "name": stale.name, "step": 99, "run_id": "old"}))
+    assert push_pending(tmp_path, "tester/pushed", endpoint=local_hub.endpoint) == 0
+    assert "step99-tokens6.34K" not in local_hub.repos["tester/pushed"].branches
+    assert json.loads(local_hub.branch_files("tester/pushed", "main")["budget.json"])["step"] == 10

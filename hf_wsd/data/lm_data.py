@@ -17,6 +17,7 @@ from .packing import check_block_size
 from .prepare import heldout_blocks, load_prepared, prepare_blocks, read_documents
 from .split import check_heldout_fraction, is_heldout
 from .token_folder import TokenFolder, is_token_folder
+from .fingerprint import FINGERPRINT_ATTR, stream_fingerprint
 from .tokenizer import load_tokenizer, train_tokenizer
 
 if TYPE_CHECKING:
@@ -223,6 +224,7 @@ def _streamed(source, tokenizer, block_size: int, heldout_fraction: float, seed:
     )
     heldout = heldout_blocks(side, tokenizer, block_size, heldout_fraction)
     train = pack_stream(source.dataset, tokenizer, block_size, source.text_column, heldout_fraction, seed)
+    setattr(train, FINGERPRINT_ATTR, stream_fingerprint(source, tokenizer, block_size, heldout_fraction, seed))
     # A stream's largest id is unknown until read; the tokenizer bounds it.
     return LMData(
         train=train,

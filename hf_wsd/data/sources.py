@@ -88,9 +88,47 @@ def _local_name(corpus: str) -> str:
 
 
 def files_fingerprint(files: Sequence[Path], *extra: str) -> str:
-    """SHA-256 over each file's path, size and modification time (as ``datasets`` does for local data files)."""
-    stamps = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    """SHA-256 over each file's path, size, modification time (as ``datasets`` does for local data files) and a
+    sampled content digest (three 64 KiB windows: an edit that keeps the size and mtime is seen when it touches one;
+    :func:`~hf_wsd.data.fingerprint.sampled_digest`)."""
+    from .fingerprint import sampled_digest
+
+    stamps = [(str(p), p.stat().st_size, p.stat().st_mtime_ns, sampled_digest(p)) for p in files]
     return hashlib.sha256(json.dumps([stamps, *extra]).encode()).hexdigest()
+
+
+def check_parquet_shards(files: Sequence[Path]) -> list[Path]:
+    """Parquet shards with their footers read (cheap: metadata only) before any compute: an unreadable one is a
+    ``ValueError`` naming it; an empty one (0 rows) is dropped with a warning (``datasets`` fails on it)."""
+    import pyarrow.parquet as pq
+
+    kept = []
+    for path in files:
+        try:
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except Exception as error:  # noqa: BLE001 - pyarrow raises several kinds; re-raised naming the file
+            raise ValueError(f"corpus shard {path} is not a readable parquet file ({type(error).__name__}: {error}); "
+                             "replace it or remove it from the corpus.") from error
+        if rows == 0:
+            logger.warning("corpus shard %s holds no rows: skipped", path)
+            continue
+        kept.append(path)
+    if not kept:
+        raise ValueError(f"every parquet shard of the corpus is empty ({', '.join(str(p) for p in files[:3])}, …).")
+    return kept
+
+
+def raise_unreadable_parquet(files: Sequence[str], error: BaseException) -> None:
+    """Name the shard whose pages cannot be read (each read in full, one after the other), or re-raise ``error``."""
+    import pyarrow.parquet as pq
+
+    for path in files:
+        try:
+            pq.read_table(path)
+        except Exception as bad:  # noqa: BLE001
+            raise ValueError(f"corpus shard {path} cannot be read ({type(bad).__name__}: {bad}); replace it or remove "
+                             "it from the corpus.") from error
+    raise error
 
 
 def documents_fingerprint(documents: Sequence[str]) -> str:
@@ -167,14 +205,19 @@ def open_corpus(
                     _text_file_generator, features=features, gen_kwargs=gen_kwargs, cache_dir=datasets_cache
                 )
             return CorpusSource(name, dataset, "text", fingerprint, where, streaming)
-        data_files = [str(p) for p in files]
-        dataset = load_dataset(
-            kind,
-            data_files=data_files,
-            split="train",
-            streaming=streaming,
-            **({} if streaming else {"cache_dir": datasets_cache}),
-        )
+        data_files = [str(p) for p in (check_parquet_shards(files) if kind == "parquet" else files)]
+        try:
+            dataset = load_dataset(
+                kind,
+                data_files=data_files,
+                split="train",
+                streaming=streaming,
+                **({} if streaming else {"cache_dir": datasets_cache}),
+            )
+        except Exception as error:
+            if kind == "parquet":  # datasets does not say which file: find it (only on this failure path)
+                raise_unreadable_parquet(data_files, error)
+            raise
         _check_text_column(dataset, text_column, corpus)
         return CorpusSource(name, dataset, text_column, fingerprint, where, streaming)
     try:

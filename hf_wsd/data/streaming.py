@@ -88,7 +88,7 @@ class PackedExamplesIterable(_BaseExamplesIterable):
             cutter = BlockCutter(self.block_size, self.dtype)
             if state:
                 self._mark_boundary(cutter)
-        for key, example in self.ex_iterable:
+        for key, example in _named_errors(self.ex_iterable):
             for block in cutter.feed(np.asarray(example["input_ids"], dtype=self.dtype)):
                 if state:
                     state["num_blocks_since_previous_state"] += 1
@@ -113,6 +113,37 @@ class PackedExamplesIterable(_BaseExamplesIterable):
     @property
     def num_shards(self) -> int:
         return self.ex_iterable.num_shards
+
+
+def _named_errors(ex_iterable) -> Iterator[tuple[str, dict]]:
+    """``ex_iterable``'s examples; a read error names the shard file and the row it stopped at (a corrupt shard
+    mid-stream), which ``datasets`` leaves out."""
+    iterator = iter(ex_iterable)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except Exception as error:
+            where = stream_position(ex_iterable)
+            if where is None:
+                raise
+            raise ValueError(f"reading the training stream failed in {where} ({type(error).__name__}: {error}); "
+                             "replace or remove that shard. A resume reads it again.") from error
+        yield item
+
+
+def stream_position(ex_iterable) -> str | None:
+    """``"{file}, after row N"`` of the innermost file-reading iterable of a ``datasets`` stream, if it tells."""
+    inner = ex_iterable
+    while getattr(inner, "ex_iterable", None) is not None:
+        inner = inner.ex_iterable
+    files = (getattr(inner, "kwargs", None) or {}).get("files")
+    state = getattr(inner, "_state_dict", None) or {}
+    shard = state.get("shard_idx")
+    if not isinstance(files, list) or not isinstance(shard, int) or not 0 <= shard < len(files):
+        return None
+    return f"{files[shard]}, after row {state.get('shard_example_idx', '?')}"
 
 
 def pack_stream(

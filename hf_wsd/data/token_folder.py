@@ -154,7 +154,7 @@ class TokenFolder:
         return int(self._max_token_id)
 
     def train(self, block_size: int) -> "TokenBlocks":
-        return TokenBlocks([f.path for f in self.train_files], self.dtype, block_size)
+        return TokenBlocks([f.path for f in self.train_files], self.dtype, block_size, self.vocab_size)
 
     def heldout(self, block_size: int) -> "Dataset":
         """The held-out blocks as a small ``datasets.Dataset`` (read into memory)."""
@@ -164,7 +164,7 @@ class TokenFolder:
 
         if not self.heldout_files:
             raise _fail(self.folder, f"no `heldout_files` in {METADATA}; a run needs held-out blocks.")
-        blocks = TokenBlocks([f.path for f in self.heldout_files], self.dtype, block_size)
+        blocks = TokenBlocks([f.path for f in self.heldout_files], self.dtype, block_size, self.vocab_size)
         if len(blocks) == 0:
             raise _fail(self.folder, f"its held-out tokens make no block of `block_size`={block_size}.")
         rows = np.stack([blocks[i]["input_ids"] for i in range(len(blocks))])
@@ -186,13 +186,16 @@ class TokenBlocks(_TorchDataset):
     """Map-style dataset of ``block_size`` blocks over memory-mapped token files read as one stream.
 
     ``ds[i]`` / ``ds.__getitems__(indices)`` → ``{"input_ids": numpy array}`` (compact dtype); picklable (the
-    memory maps are reopened in each process).
+    memory maps are reopened in each process). With ``vocab_size``, every block read is checked against it: an id
+    outside the vocabulary (metadata that understates the largest id) is a ``ValueError`` naming the file and the
+    token offset, not an index error deep inside the model.
     """
 
-    def __init__(self, paths: Iterable[str | Path], dtype: str, block_size: int):
+    def __init__(self, paths: Iterable[str | Path], dtype: str, block_size: int, vocab_size: int | None = None):
         self.paths = [str(p) for p in paths]
         self.dtype = dtype
         self.block_size = block_size
+        self.vocab_size = vocab_size
         self._arrays: list[np.ndarray] | None = None
         sizes = [len(a) for a in self._open()]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -219,15 +222,27 @@ class TokenBlocks(_TorchDataset):
         first = int(np.searchsorted(self.offsets, start, side="right")) - 1
         local = start - int(self.offsets[first])
         if end <= self.offsets[first + 1]:
-            return {"input_ids": np.asarray(arrays[first][local : local + self.block_size])}
+            block = np.asarray(arrays[first][local : local + self.block_size])
+            return {"input_ids": self._checked(block, first, local)}
         pieces, position, file = [], start, first
         while position < end:  # a block spanning files
             local = position - int(self.offsets[file])
             take = min(end, int(self.offsets[file + 1])) - position
-            pieces.append(arrays[file][local : local + take])
+            pieces.append(self._checked(arrays[file][local : local + take], file, local))
             position += take
             file += 1
         return {"input_ids": np.concatenate(pieces)}
+
+    def _checked(self, piece: np.ndarray, file: int, offset: int) -> np.ndarray:
+        if self.vocab_size is not None and piece.size and int(piece.max()) >= self.vocab_size:
+            at = int(np.argmax(piece >= self.vocab_size))
+            raise ValueError(
+                f"{self.paths[file]} holds token id {int(piece[at])} at token offset {offset + at:,}, outside the "
+                f"vocabulary (`vocab_size` {self.vocab_size} in {METADATA}): the folder's metadata understates its "
+                "largest id (`max_token_id`), or the file is damaged. Fix or rewrite the token folder (hf-wsd "
+                "prepare), or raise `vocab_size` to the tokenizer's."
+            )
+        return piece
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         return [self[i] for i in indices]
