@@ -198,7 +198,10 @@ def _push(args: argparse.Namespace) -> int:
 
     from .publishing import push_pending
 
+    from .quiet import quiet_http
+
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    quiet_http()  # one line per budget published, not one per HTTP request
     return push_pending(args.output_dir, repo_id=args.repo, private=args.private)
 
 

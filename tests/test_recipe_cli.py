@@ -130,3 +130,36 @@ def test_prepare_splits_with_the_recipes_seed():
     parser = argparse.ArgumentParser()
     _add_prepare_arguments(parser)
     assert parser.parse_args(["kjv", "out"]).seed == RECIPE_SEED == json.loads(json.dumps(42))
+
+
+# ----------------------------------------------------------------------------------------------- quiet output
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=300)
+
+
+@pytest.mark.slow
+def test_importing_hf_wsd_silences_bitsandbytes_cpu_kernel_warning():
+    bare = _python("import bitsandbytes")
+    if "gemm_4bit_forward" not in bare.stderr:
+        pytest.skip("bitsandbytes does not warn on this CPU (it needs AVX-512 BF16)")
+    assert "gemm_4bit_forward" not in _python("import hf_wsd, bitsandbytes").stderr
+
+
+@pytest.mark.parametrize("rank, shown", [("0", True), ("1", False)])
+def test_recipes_log_info_on_the_main_process_only(rank, shown):
+    result = _python(
+        "import logging\nfrom hf_wsd.scripts import run_recipe\nwith run_recipe():\n"
+        "    logging.getLogger('hf_wsd.x').info('plan table')\n    logging.getLogger('hf_wsd.x').warning('trouble')\n",
+        RANK=rank,
+    )
+    assert ("plan table" in result.stderr) == shown and "trouble" in result.stderr, result.stderr
+
+
+def test_push_logs_no_http_request_lines():
+    import logging
+
+    from hf_wsd.quiet import quiet_http
+
+    quiet_http()
+    assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)

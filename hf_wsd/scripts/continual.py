@@ -169,5 +169,4 @@ def main(argv: Sequence[str] = ()) -> dict | None:
             f"{trainable:,}",
             f"{sum(p.numel() for p in trainer.model.parameters()):,}",
         )
-        logger.info("plan:\n%s", trainer.plan.describe(args.learning_rate))
     return train_and_summarise(trainer, start, base)

@@ -56,6 +56,5 @@ def run(data_args: DataArguments, model_args: ModelArguments, args: WSDConfig, t
     if trainer.is_world_process_zero():
         logger.info("%s", data.describe())
         logger.info("model: %s parameters", f"{sum(p.numel() for p in model.parameters()):,}")
-        logger.info("plan:\n%s", trainer.plan.describe(args.learning_rate))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     return trainer
