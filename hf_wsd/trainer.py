@@ -30,6 +30,7 @@ from transformers import Trainer
 from transformers.trainer_callback import CallbackHandler
 
 from . import averaging, backend_logs, branching, lean, live, runs
+from .card_data import training_data_record
 from .config import WSDArguments
 from .events import BudgetReached, dispatch
 from .data.feed import FeedLoader, UpdateFeed, is_map_style
@@ -335,8 +336,8 @@ class WSDMixin:
             self.control.should_save = False  # checkpoints hold the main branch only
         elif self._needs_checkpoint(step):
             self.control.should_save = True
-        if first_call and self._budgets_due(step):
-            self.control.should_log = True  # the decay's last updates belong in the budget's record
+        if first_call and (self._budgets_due(step) or self._decay_starts(step)):
+            self.control.should_log = True  # the budget's record: the loss of exactly its decay window's updates
         super()._maybe_log_save_evaluate(*args, **kwargs)
         if first_call:
             self._after_update(step)
@@ -407,6 +408,10 @@ class WSDMixin:
             if step == budget.step and not budget.branch:
                 return True
         return False
+
+    def _decay_starts(self, step: int) -> bool:
+        """A decay window starts after main-path update ``step`` (logged then, so its mean starts there)."""
+        return self.lr_scheduler_branch is None and any(b.decay_start == step for b in self.plan.budgets)
 
     def _budgets_due(self, step: int) -> list[Budget]:
         """Budgets whose last update is ``step`` on the path the run is on (main path, or the current branch)."""
@@ -542,6 +547,7 @@ class WSDMixin:
             adapter=lean.adapter_record(model, budget.name, base_model, merged),
             throughput=self._throughput_record(),
             decay_mixture=None if self.mixture is None else self.mixture.record(budget.index),
+            training_data=training_data_record(self.args, None if self.mixture is None else self.mixture.sources),
         )
 
     def _throughput_record(self) -> dict | None:
