@@ -171,7 +171,7 @@ def _forecast_table(rows: list[dict]) -> str:
             f"{row['decay_low']:>7.4f}–{row['decay_high']:<7.4f}  {loss(row['measured_train_loss']):>8}"
         )
     lines.append("final loss: of the budget's decayed weights; decay mean: the mean training loss over its decay "
-                 "updates, which `measured` (budget.json's train_loss) is")
+                 "updates; measured: that mean as the run logged it (budget.json's train_loss), to compare with it.")
     return "\n".join(lines)
 
 
