@@ -78,8 +78,13 @@ class BranchAwareCallbackHandler(CallbackHandler):
             return control
         return super().on_train_end(args, state, control)
 
+    _epoch_at: tuple | None = None  # (branch, step) where the backends last got `epoch`
+
     def on_log(self, args, state, control, logs):
-        return super().on_log(args, state, control, backend_logs.for_backends(logs, self.branch_name))
+        routed = backend_logs.for_backends(logs, self.branch_name)
+        routed, self._epoch_at = backend_logs.without_repeated_epoch(routed, self.branch_name, state.global_step,
+                                                                     self._epoch_at)
+        return super().on_log(args, state, control, routed)
 
 
 class WSDMixin:

@@ -160,7 +160,6 @@ def main(argv: Sequence[str] = ()) -> dict | None:
     )
     start = start_losses(trainer) if continual.baseline_eval else None
     if trainer.is_world_process_zero():
-        logger.info("%s", data.describe())
         logger.info(
             "upstream held-out (%s, split seed %d): %d blocks", continual.upstream_corpus, split_seed, len(upstream)
         )

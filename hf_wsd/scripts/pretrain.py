@@ -57,7 +57,6 @@ def run(data_args: DataArguments, model_args: ModelArguments, args: WSDConfig, t
         decay_datasets={name: side.train for name, side in decay.items()} or None,
     )
     if trainer.is_world_process_zero():
-        logger.info("%s", data.describe())
         logger.info("model: %s parameters", f"{sum(p.numel() for p in model.parameters()):,}")
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     return trainer
