@@ -18,6 +18,28 @@ _CONFIG_FIELDS = {"budgets": "budgets", "schedule": "schedule", "budget_unit": "
                   "decay_mixture_per_budget": "decay_mixture_per_budget", "decay_mixture_tail": "decay_mixture_tail"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` with the closest option names in an unknown-option error (``--decay-fractio`` → did you mean
+    ``--decay-fraction``?)."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            import difflib
+
+            known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+            for subparsers in (a for a in self._actions if isinstance(a, argparse._SubParsersAction)):
+                known += [o for sub in subparsers.choices.values() for a in sub._actions for o in a.option_strings
+                          if o.startswith("--")]
+            hints = []
+            for item in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(item.split("=", 1)[0], sorted(set(known)), n=3, cutoff=0.6)
+                if item.startswith("--") and close:
+                    hints.append(f"{item}: did you mean {' or '.join(close)}?")
+            if hints:
+                message += " (" + "; ".join(hints) + ")"
+        super().error(message)
+
+
 def _add_plan_arguments(parser: argparse.ArgumentParser, budgets_required: bool = True) -> None:
     help_budgets = "increasing budgets: 500 2000 or, with --unit tokens, 2.5M 1B"
     if not budgets_required:
@@ -317,7 +339,7 @@ def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hf-wsd", description=__doc__)
+    parser = _Parser(prog="hf-wsd", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     plan = commands.add_parser("plan", help="print the phase table of a budget plan (and plot it)")
     _add_plan_arguments(plan)

@@ -6,6 +6,8 @@
 - ``httpx`` logs every request at INFO: :func:`quiet_http` raises it to WARNING for CLIs that log at INFO.
 - :func:`recipe_logging`: INFO on the main process only (a DDP launch logs each line once), WARNING elsewhere;
   log lines written through ``tqdm.write`` so they never land inside the training or evaluation bar.
+- :func:`follow_replica_log_level`: in any script, hf_wsd's loggers on the processes that do not log take the
+  Trainer's ``log_level_replica`` (default ``warning``), as transformers' own loggers do.
 """
 
 from __future__ import annotations
@@ -41,6 +43,15 @@ def quiet_http() -> None:
     """No INFO line per HTTP request (``hf-wsd push`` logs at INFO)."""
     for name in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def follow_replica_log_level(args) -> None:
+    """hf_wsd's loggers at ``args.log_level_replica`` on a process that does not log (``args.should_log`` False)."""
+    if getattr(args, "should_log", True):
+        return
+    level = args.get_process_log_level()
+    if level >= 0:  # "passive" (-1): leave the logger as the script set it
+        logging.getLogger("hf_wsd").setLevel(level)
 
 
 def is_main_process() -> bool:

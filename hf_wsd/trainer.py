@@ -29,7 +29,7 @@ from typing import Any
 from transformers import Trainer
 from transformers.trainer_callback import CallbackHandler
 
-from . import averaging, backend_logs, branching, lean, live, runs
+from . import averaging, backend_logs, branching, lean, live, quiet, runs
 from .card_data import training_data_record
 from .config import WSDArguments
 from .events import BudgetReached, dispatch
@@ -115,6 +115,7 @@ class WSDMixin:
             )
         model = lean.prepare_model(model, args, peft_config)  # PEFT adapters: hf_wsd/lean.py
         super().__init__(model, args, *pargs, **kwargs)
+        quiet.follow_replica_log_level(self.args)  # INFO lines on the main process only (log_level_replica)
         if args.save_merged_budgets and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError(
                 "`save_merged_budgets` merges an in-memory copy of the model, which FSDP and DeepSpeed shard: set it "

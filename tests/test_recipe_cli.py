@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -163,3 +164,28 @@ def test_push_logs_no_http_request_lines():
 
     quiet_http()
     assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+
+
+def test_hf_wsd_names_the_closest_option_before_any_plan_error(capsys):
+    from hf_wsd.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "200", "100", "--warmupsteps", "3"])  # decreasing budgets too: the typo comes first
+    assert exit_.value.code == 2
+    assert "--warmupsteps: did you mean --warmup-steps" in capsys.readouterr().err
+
+
+def test_processes_that_do_not_log_keep_hf_wsd_at_the_replica_level(tmp_path):
+    import logging
+
+    from hf_wsd.quiet import follow_replica_log_level
+
+    hf_wsd_logger = logging.getLogger("hf_wsd")
+    level = hf_wsd_logger.level
+    try:
+        follow_replica_log_level(SimpleNamespace(should_log=True))
+        assert hf_wsd_logger.level == level
+        follow_replica_log_level(SimpleNamespace(should_log=False, get_process_log_level=lambda: logging.WARNING))
+        assert not logging.getLogger("hf_wsd.trainer").isEnabledFor(logging.INFO)
+    finally:
+        hf_wsd_logger.setLevel(level)
