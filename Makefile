@@ -41,8 +41,9 @@ test-min: $(MIN_VENV)/bin/.installed
 		'accelerate', accelerate.__version__)"
 	$(MIN_VENV)/bin/python -m pytest -q $(TRAINER_TESTS)
 
+# `make demo ARGS="--budgets 100 200"`: any recipe field (`--field value`) shrinks or changes the run.
 demo: install
-	$(LAUNCH) recipes/pretrain.py
+	$(LAUNCH) recipes/pretrain.py $(ARGS)
 
 plan: install
 	$(BIN)/hf-wsd plan 1000 2000 4000 8000 --warmup-steps 100 --plot lr_schedule.png

@@ -5,6 +5,9 @@ Light names (the plan, the scheduler) import at once; trainer-side names import 
 """
 
 from .plan import Budget, BudgetPlan, Phase, budget_name, format_tokens, parse_quantity
+from .quiet import drop_known_noise
+
+drop_known_noise()  # before transformers / PEFT import bitsandbytes (hf_wsd/quiet.py)
 
 __version__ = "0.1.0"
 

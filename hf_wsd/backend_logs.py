@@ -9,7 +9,9 @@ going back (20 → 17). While a branch runs, the callbacks get the same values r
 ``state.log_history`` and ``wsd_log.jsonl`` keep the original keys with the branch's index (forecasts read them).
 
 Budget and preview metrics (``budget/…``, ``preview/…``) are one point per budget at the budget's step: never
-renamed, so each is one curve over the run's budgets.
+renamed, so each is one curve over the run's budgets. The Trainer adds ``epoch`` to every log (training, evaluation,
+budget metrics, the end of training): the backends get it once per step and path (:func:`without_repeated_epoch`),
+so ``epoch`` too has strictly increasing steps.
 """
 
 from __future__ import annotations
@@ -30,3 +32,15 @@ def for_backends(logs: dict[str, Any], branch_name: str | None) -> dict[str, Any
         return logs
     prefix = branch_prefix(branch_name)
     return {key if key.startswith(SHARED_PREFIXES) else prefix + key: value for key, value in logs.items()}
+
+
+def without_repeated_epoch(logs: dict[str, Any], branch_name: str | None, step: int,
+                           last: tuple | None) -> tuple[dict[str, Any], tuple | None]:
+    """``(logs, where epoch was last passed on)``: ``logs`` (as :func:`for_backends` made them) without their epoch
+    when one was already passed on at this step of this path."""
+    key = branch_prefix(branch_name) + "epoch" if branch_name is not None else "epoch"
+    if key not in logs:
+        return logs, last
+    if last == (branch_name, step):
+        return {k: v for k, v in logs.items() if k != key}, last
+    return logs, (branch_name, step)

@@ -19,6 +19,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 
 from . import runs
+from .card_data import hub_datasets, license_metadata
 from .events import BudgetCallback, BudgetReached, PreviewReached
 from .plan import format_tokens
 
@@ -92,7 +93,7 @@ def _throughput_text(throughput: dict | None) -> str | None:
     return text + " since the previous budget"
 
 
-def _decay_data_text(mixture: dict | None) -> str | None:
+def _decay_data_text(mixture: dict | None, main_name: str | None = None) -> str | None:
     """``"main 70 % (14.3K tokens), quality 30 % (6.14K tokens), updates 90–100"`` from ``budget.json``'s
     ``decay_mixture`` (annealing: hf_wsd/data/mixture.py); ``None`` for a run without one."""
     if not mixture:
@@ -101,12 +102,46 @@ def _decay_data_text(mixture: dict | None) -> str | None:
         return "the training data only (this budget's decay has no mixture)"
     parts = []
     for source in mixture.get("sources", []):
-        text = f"{source['name']} {100 * source['weight']:.3g} %"
+        label = source["name"]
+        if label == "main":
+            label = f"main ({main_name})" if main_name else "main (the training data)"
+        text = f"{label} {100 * source['weight']:.3g} %"
         if isinstance(source.get("tokens"), int):
             text += f" ({format_tokens(source['tokens'])} tokens)"
         parts.append(text)
     start, end = mixture["window"]
     return f"{', '.join(parts)}, updates {start}–{end}"
+
+
+def _training_data_text(data: dict | None) -> str | None:
+    """``"the King James Version of the Bible (public domain; en)"`` from ``budget.json``'s ``training_data``."""
+    if not data or not (data.get("name") or data.get("datasets")):
+        return None
+    name = data.get("name") or ", ".join(f"`{d}`" for d in data["datasets"])
+    details = [part for part in (data.get("license"), ", ".join(data.get("language", []))) if part]
+    return name + (f" ({'; '.join(details)})" if details else "")
+
+
+def _train_loss_label(budget: dict) -> str:
+    """What ``train_loss`` is the mean of: the decay window's updates, or (a run without a log at its decay start)
+    the updates its logging intervals covered."""
+    covered, start, step = budget.get("train_loss_updates"), budget.get("decay_start"), budget.get("step")
+    if not covered or not isinstance(start, int):
+        return "training loss over the decay window (the logged losses inside it)"
+    first, last = covered
+    if first == start + 1 and last == step:
+        return f"training loss over the decay window (mean of updates {first:,}–{last:,})"
+    return (f"training loss over updates {first:,}–{last:,} (its logging intervals; the decay window is "
+            f"{start + 1:,}–{step:,})")
+
+
+def _final_lr_text(budget: dict, peak_lr: float) -> str | None:
+    """``"its last update at 1.43e-04 (4.8 % of peak)"``: the LR logged at the budget's step is its last update's."""
+    last = [entry for entry in budget.get("losses") or [] if entry and entry[0] == budget.get("step")]
+    lr = last[-1][2] if last and len(last[-1]) > 2 else None
+    if not _finite(lr) or not _finite(peak_lr) or not peak_lr:
+        return None
+    return f"last update at {lr:.3g} ({100 * lr / peak_lr:.3g} % of peak)"
 
 
 def hub_id(name: str | None) -> str | None:
@@ -209,8 +244,11 @@ def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> di
     learning_rate = _MISSING
     if _finite(peak_lr):
         learning_rate = f"peak {peak_lr:.3g}"
-        if _finite(min_ratio):
-            learning_rate += f", decayed to {peak_lr * min_ratio:.3g}"
+        final = _final_lr_text(budget, peak_lr)
+        if final:
+            learning_rate += f", {final}"
+        if _finite(min_ratio):  # the floor the decay heads for; its last update stops one step short of it
+            learning_rate += f"; decay floor {peak_lr * min_ratio:.3g}"
             learning_rate += f" ({min_ratio:g} × peak)" if min_ratio else ""
     warmup = budget.get("warmup_steps")
     num_parameters = budget.get("num_parameters")
@@ -288,9 +326,11 @@ def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> di
         "learning_rate": learning_rate,
         "warmup": f"{warmup:,} updates, linear" if isinstance(warmup, int) else _MISSING,
         "train_loss": _number(budget.get("train_loss"), ".4f"),
+        "train_loss_label": _train_loss_label(budget),
+        "training_data": _training_data_text(budget.get("training_data")),
         "throughput": _throughput_text(budget.get("throughput")),
         "forecast": _forecast_text(_read_forecast(budget_dir), budget.get("train_loss")),
-        "decay_data": _decay_data_text(budget.get("decay_mixture")),
+        "decay_data": _decay_data_text(budget.get("decay_mixture"), (budget.get("training_data") or {}).get("name")),
         "num_parameters": parameters,
         "eval_rows": eval_rows,
         "eval_note": eval_note,
@@ -340,6 +380,7 @@ def render_model_card(
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
     budget = runs.read_budget(budget_dir)
     values = _template_values(budget_dir, repo_id, endpoint)
+    training_data = budget.get("training_data") or {}
     model_name = f"{repo_id.split('/')[-1]}-{budget['name']}" if repo_id else budget["name"]
     card_data = ModelCardData(
         model_name=model_name,
@@ -348,6 +389,9 @@ def render_model_card(
         tags=["hf-wsd", budget.get("schedule") or "wsd-s", *(["ema-preview"] if runs.is_preview(budget) else [])],
         base_model=hub_id(budget.get("base_model")),
         eval_results=eval_card_results(runs.read_eval_results(budget_dir)) or None,
+        datasets=hub_datasets(training_data) or None,
+        language=list(training_data.get("language", [])) or None,
+        **license_metadata(training_data.get("license")),
     )
     return ModelCard.from_template(card_data, template_path=str(template_path or TEMPLATE_PATH), **values)
 

@@ -18,6 +18,28 @@ _CONFIG_FIELDS = {"budgets": "budgets", "schedule": "schedule", "budget_unit": "
                   "decay_mixture_per_budget": "decay_mixture_per_budget", "decay_mixture_tail": "decay_mixture_tail"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` with the closest option names in an unknown-option error (``--decay-fractio`` → did you mean
+    ``--decay-fraction``?)."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            import difflib
+
+            known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+            for subparsers in (a for a in self._actions if isinstance(a, argparse._SubParsersAction)):
+                known += [o for sub in subparsers.choices.values() for a in sub._actions for o in a.option_strings
+                          if o.startswith("--")]
+            hints = []
+            for item in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(item.split("=", 1)[0], sorted(set(known)), n=3, cutoff=0.6)
+                if item.startswith("--") and close:
+                    hints.append(f"{item}: did you mean {' or '.join(close)}?")
+            if hints:
+                message += " (" + "; ".join(hints) + ")"
+        super().error(message)
+
+
 def _add_plan_arguments(parser: argparse.ArgumentParser, budgets_required: bool = True) -> None:
     help_budgets = "increasing budgets: 500 2000 or, with --unit tokens, 2.5M 1B"
     if not budgets_required:
@@ -195,7 +217,7 @@ def _forecast_table(rows: list[dict]) -> str:
             f"{row['decay_low']:>7.4f}–{row['decay_high']:<7.4f}  {loss(row['measured_train_loss']):>8}"
         )
     lines.append("final loss: of the budget's decayed weights; decay mean: the mean training loss over its decay "
-                 "updates, which `measured` (budget.json's train_loss) is")
+                 "updates; measured: that mean as the run logged it (budget.json's train_loss), to compare with it.")
     return "\n".join(lines)
 
 
@@ -222,7 +244,10 @@ def _push(args: argparse.Namespace) -> int:
 
     from .publishing import push_pending
 
+    from .quiet import quiet_http
+
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    quiet_http()  # one line per budget published, not one per HTTP request
     return push_pending(args.output_dir, repo_id=args.repo, private=args.private)
 
 
@@ -342,7 +367,7 @@ def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hf-wsd", description=__doc__)
+    parser = _Parser(prog="hf-wsd", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     plan = commands.add_parser("plan", help="print the phase table of a budget plan (and plot it)")
     _add_plan_arguments(plan)

@@ -131,6 +131,10 @@ class WSDArguments:
             is left out.
         peak_tflops (`float` or `None`, *optional*, defaults to `None`):
             Dense peak TFLOP/s of one device at the training precision; default: looked up from the device name.
+        card_dataset_name, card_datasets, card_license, card_language (*optional*, default `None`):
+            What each budget's model card says about the training data: its name, Hub dataset ids (`datasets:`
+            metadata), the weights' license and the data's languages. The recipes fill them for the corpora they
+            know (kjv, shakespeare: public domain, English; a Hub dataset id).
         flops_per_token (`float` or `None`, *optional*, defaults to `None`):
             Training FLOPs per token (forward + backward) behind TFLOP/s and MFU; default: counted from the model
             config (the active experts of a mixture of experts). Without either, tokens/s are still logged.
@@ -269,6 +273,24 @@ class WSDArguments:
         default=None,
         metadata={"help": "Dense peak TFLOP/s of one device at the training precision (the MFU denominator); default: "
                           "looked up from the device name (hf_wsd/throughput.py); no MFU when unknown."},
+    )
+    # ---- What the budgets' model cards say about the training data (hf_wsd/card_data.py)
+    card_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "The training data as the model card names it (the recipes: the corpus)."},
+    )
+    card_datasets: list[str] | None = field(
+        default=None,
+        metadata={"help": "Hub dataset ids trained on: the card's `datasets:` metadata (the recipes: a Hub corpus)."},
+    )
+    card_license: str | None = field(
+        default=None,
+        metadata={"help": "License of the published weights: a Hub license id (apache-2.0…) or a name (`license: "
+                          "other`); the recipes set 'public domain' for the public-domain corpora they embed."},
+    )
+    card_language: list[str] | None = field(
+        default=None,
+        metadata={"help": "Languages of the training data (ISO 639-1: en …): the card's `language:` metadata."},
     )
     # ---- Throughput of architectures hf_wsd cannot count (hf_wsd/throughput.py)
     flops_per_token: float | None = field(

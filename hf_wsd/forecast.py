@@ -310,7 +310,7 @@ def _fit(data: _Data, law: str, log: TrainingLog, extra_start: np.ndarray | None
     rho = float(np.clip(np.corrcoef(r[:-1], r[1:])[0, 1], 0.0, 0.95)) if len(r) > 2 else 0.0
     jac = jacobian(best.x)
     cov = np.linalg.pinv(jac.T @ jac) * scale**2 * (1 + rho) / (1 - rho)
-    logger.info("%s fit to %s (%d entries): %s", law, log.source, len(r), _public(law, best.x))
+    logger.debug("%s fit to %s (%d entries): %s", law, log.source, len(r), _public(law, best.x))
     return best.x, cov, scale
 
 

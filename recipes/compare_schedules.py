@@ -7,13 +7,11 @@
 The flow, its fields and what it writes: hf_wsd/scripts/compare.py; measured results: docs/results.md.
 """
 
-import logging
 import sys
 
 from hf_wsd.scripts import compare, run_recipe
 
 if __name__ == "__main__":
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     with run_recipe(resumable=False):
         rows, text = compare.main(sys.argv[1:])
         print("\n" + text)

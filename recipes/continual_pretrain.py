@@ -7,14 +7,12 @@
 The flow (and what the YAML holds) is in hf_wsd/scripts/continual.py.
 """
 
-import logging
 import sys
 
 from hf_wsd.scripts import continual, run_recipe
 from hf_wsd.summary import budget_table, format_summary
 
 if __name__ == "__main__":
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     with run_recipe():
         summary = continual.main(sys.argv[1:])
         if summary is not None:

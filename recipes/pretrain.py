@@ -8,14 +8,12 @@ Every field of the YAML file can be overridden on the command line (`--field val
 The flow lives in hf_wsd/scripts/pretrain.py.
 """
 
-import logging
 import sys
 
 from hf_wsd.scripts import pretrain, run_recipe
 from hf_wsd.summary import budget_table, format_summary, preview_table
 
 if __name__ == "__main__":
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     with run_recipe():
         trainer = pretrain.main(sys.argv[1:])
         if trainer.is_world_process_zero():

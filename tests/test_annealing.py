@@ -114,7 +114,8 @@ def test_budget_json_and_the_card_record_the_decay_mixture(anneal_runs):
         "decay": (0.5, 8, 8 * SEQ), "main": (0.5, 8, 8 * SEQ)}
     assert record["drawn_on_path"]["decay"]["examples"] == 8  # a branch anneals on the first decay examples
     card = (folder / "README.md").read_text()
-    assert "| decay data mixture | decay 50 % (128 tokens), main 50 % (128 tokens), updates 36–40 |" in card
+    assert ("| decay data mixture | decay 50 % (128 tokens), main (the training data) 50 % (128 tokens), "
+            "updates 36–40 |") in card
     saved = json.loads((out / "wsd_plan.json").read_text())["decay_mixture"]
     assert [w["start"] for w in saved["windows"]] == [18, 36, 54]
 

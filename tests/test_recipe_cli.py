@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -130,3 +131,61 @@ def test_prepare_splits_with_the_recipes_seed():
     parser = argparse.ArgumentParser()
     _add_prepare_arguments(parser)
     assert parser.parse_args(["kjv", "out"]).seed == RECIPE_SEED == json.loads(json.dumps(42))
+
+
+# ----------------------------------------------------------------------------------------------- quiet output
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=300)
+
+
+@pytest.mark.slow
+def test_importing_hf_wsd_silences_bitsandbytes_cpu_kernel_warning():
+    bare = _python("import bitsandbytes")
+    if "gemm_4bit_forward" not in bare.stderr:
+        pytest.skip("bitsandbytes does not warn on this CPU (it needs AVX-512 BF16)")
+    assert "gemm_4bit_forward" not in _python("import hf_wsd, bitsandbytes").stderr
+
+
+@pytest.mark.parametrize("rank, shown", [("0", True), ("1", False)])
+def test_recipes_log_info_on_the_main_process_only(rank, shown):
+    result = _python(
+        "import logging\nfrom hf_wsd.scripts import run_recipe\nwith run_recipe():\n"
+        "    logging.getLogger('hf_wsd.x').info('plan table')\n    logging.getLogger('hf_wsd.x').warning('trouble')\n",
+        RANK=rank,
+    )
+    assert ("plan table" in result.stderr) == shown and "trouble" in result.stderr, result.stderr
+
+
+def test_push_logs_no_http_request_lines():
+    import logging
+
+    from hf_wsd.quiet import quiet_http
+
+    quiet_http()
+    assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+
+
+def test_hf_wsd_names_the_closest_option_before_any_plan_error(capsys):
+    from hf_wsd.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "200", "100", "--warmupsteps", "3"])  # decreasing budgets too: the typo comes first
+    assert exit_.value.code == 2
+    assert "--warmupsteps: did you mean --warmup-steps" in capsys.readouterr().err
+
+
+def test_processes_that_do_not_log_keep_hf_wsd_at_the_replica_level(tmp_path):
+    import logging
+
+    from hf_wsd.quiet import follow_replica_log_level
+
+    hf_wsd_logger = logging.getLogger("hf_wsd")
+    level = hf_wsd_logger.level
+    try:
+        follow_replica_log_level(SimpleNamespace(should_log=True))
+        assert hf_wsd_logger.level == level
+        follow_replica_log_level(SimpleNamespace(should_log=False, get_process_log_level=lambda: logging.WARNING))
+        assert not logging.getLogger("hf_wsd.trainer").isEnabledFor(logging.INFO)
+    finally:
+        hf_wsd_logger.setLevel(level)

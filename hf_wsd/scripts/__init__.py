@@ -19,14 +19,17 @@ RESUME_FLAG = "--resume_from_checkpoint"
 
 @contextlib.contextmanager
 def run_recipe(resumable: bool = True):
-    """Around a recipe's ``main``: Ctrl-C (or the SIGTERM ``accelerate launch`` and schedulers send) ends with one
-    line naming the command that resumes the run instead of a traceback (exit status 130); the process group is
-    destroyed at exit (a clean end under ``accelerate launch``)."""
+    """Around a recipe's ``main``: logging set up (:func:`hf_wsd.quiet.recipe_logging`); Ctrl-C (or the SIGTERM
+    ``accelerate launch`` and schedulers send) ends with one line naming the command that resumes the run instead of
+    a traceback (exit status 130); the process group is destroyed at exit (a clean end under ``accelerate launch``)."""
+    from ..quiet import recipe_logging
+
     previous = signal.getsignal(signal.SIGTERM)
     if previous in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _interrupt)
     try:
-        yield
+        with recipe_logging():  # INFO on the main process only; log lines off the progress bars
+            yield
     except KeyboardInterrupt:
         for number in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the message
             signal.signal(number, signal.SIG_IGN)

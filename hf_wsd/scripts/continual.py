@@ -21,6 +21,7 @@ from .parser import RecipeParser
 from .setup import (
     add_bundled_tasks,
     build_model,
+    fill_card_fields,
     first_blocks,
     load_data,
     machine_defaults,
@@ -144,6 +145,7 @@ def main(argv: Sequence[str] = ()) -> dict | None:
     base = start_checkpoint(model_args, "continual pretraining")
     set_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or base)  # the original tokenizer
+    fill_card_fields(data_args, args)
     data = load_data(data_args, args, tokenizer=tokenizer)
     split_seed = upstream_split_seed(continual, base, args.seed)
     upstream = upstream_heldout(continual, tokenizer, data_args.block_size, data_args.text_column, split_seed)
@@ -158,7 +160,6 @@ def main(argv: Sequence[str] = ()) -> dict | None:
     )
     start = start_losses(trainer) if continual.baseline_eval else None
     if trainer.is_world_process_zero():
-        logger.info("%s", data.describe())
         logger.info(
             "upstream held-out (%s, split seed %d): %d blocks", continual.upstream_corpus, split_seed, len(upstream)
         )
@@ -169,5 +170,4 @@ def main(argv: Sequence[str] = ()) -> dict | None:
             f"{trainable:,}",
             f"{sum(p.numel() for p in trainer.model.parameters()):,}",
         )
-        logger.info("plan:\n%s", trainer.plan.describe(args.learning_rate))
     return train_and_summarise(trainer, start, base)

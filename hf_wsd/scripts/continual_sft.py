@@ -153,5 +153,4 @@ def main(argv: Sequence[str] = ()) -> dict | None:
         logger.info("%s", sft.describe())
         logger.info("upstream held-out (%s, split seed %d): %d blocks", continual.upstream_corpus, split_seed,
                     len(upstream))
-        logger.info("plan:\n%s", trainer.plan.describe(args.learning_rate))
     return train_and_summarise(trainer, start, base)

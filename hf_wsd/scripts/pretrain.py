@@ -13,7 +13,9 @@ from typing import Sequence
 from ..config import WSDConfig
 from .arguments import DataArguments, ModelArguments
 from .parser import RecipeParser
-from .setup import add_bundled_tasks, build_model, first_blocks, load_data, load_side_corpora, machine_defaults
+from .setup import (
+    add_bundled_tasks, build_model, fill_card_fields, first_blocks, load_data, load_side_corpora, machine_defaults,
+)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "recipes" / "llama-tiny" / "pretrain" / "config_wsd_s.yaml"
 logger = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, args: WSDConfig, t
     from ..trainer import WSDTrainer
 
     set_seed(args.seed)
+    fill_card_fields(data_args, args)
     data = load_data(data_args, args)
     add_bundled_tasks(args, data_args, data)
     model = build_model(model_args, data)
@@ -54,8 +57,6 @@ def run(data_args: DataArguments, model_args: ModelArguments, args: WSDConfig, t
         decay_datasets={name: side.train for name, side in decay.items()} or None,
     )
     if trainer.is_world_process_zero():
-        logger.info("%s", data.describe())
         logger.info("model: %s parameters", f"{sum(p.numel() for p in model.parameters()):,}")
-        logger.info("plan:\n%s", trainer.plan.describe(args.learning_rate))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     return trainer

@@ -69,6 +69,14 @@ def load_data(data_args: "DataArguments", args: "WSDConfig", tokenizer=None) -> 
     )
 
 
+def fill_card_fields(data_args: "DataArguments", args: "WSDConfig") -> None:
+    """The model cards' data fields the user left empty, from the main corpus and the decay corpora (trained on;
+    the eval corpora are not): hf_wsd/card_data.py."""
+    from ..card_data import fill_known
+
+    fill_known(args, data_args.corpus, list(named_corpora(data_args.decay_corpora, "decay_corpora").values()))
+
+
 def named_corpora(value, field: str) -> dict[str, str]:
     """``{name: corpus}`` from a YAML mapping or ``name=corpus`` strings (the command line)."""
     if not value:
