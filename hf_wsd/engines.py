@@ -97,29 +97,38 @@ def check_engine(trainer: "Trainer") -> str:
     name = engine_name(trainer)
     asked = requested_engine()
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    config = os.environ.get("ACCELERATE_CONFIG_FILE") or "the accelerate config"
+    processes = trainer.accelerator.num_processes
     if asked == "FSDP" and not name.startswith("FSDP"):
         hint = (
-            f"on CPU processes accelerate keeps FSDP off; set {CPU_FSDP_ENV}=1 to run FSDP2 on CPU (gloo)"
+            f"accelerate keeps FSDP off on CPU processes; set {CPU_FSDP_ENV}=1 to run FSDP2 on them (gloo)"
             if trainer.args.device.type == "cpu" else "check that the launch sees its accelerators"
         )
         raise ValueError(
-            f"{config} asks for FSDP, but this run would train with {name}: {hint}, or launch with a DDP config "
-            "(recipes/accelerate_configs/cpu_2proc.yaml)."
+            f"The accelerate config asks for FSDP (`distributed_type: FSDP`, ACCELERATE_USE_FSDP=true), but this run "
+            f"would train with {name}: {hint}, or launch with a DDP config (recipes/accelerate_configs/cpu_2proc.yaml)."
         )
     if asked == "DeepSpeed" and not name.startswith("ZeRO"):
         raise ValueError(
-            f"{config} asks for DeepSpeed, but this run would train with {name}: on CPU processes DeepSpeed joins only "
-            "with `use_cpu=False` and `ddp_backend='gloo'` (the recipes set both on a machine without a GPU)."
+            f"The accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`, ACCELERATE_USE_DEEPSPEED=true), "
+            f"but this run would train with {name}: on CPU processes DeepSpeed joins only with `use_cpu=False` and "
+            "`ddp_backend='gloo'` (the recipes set both on a machine without a GPU)."
         )
-    if launched > 1 and trainer.accelerator.num_processes != launched:
+    if launched > 1 and processes != launched:
         raise ValueError(
-            f"the launch started {launched} processes, but each would train alone ({name}, "
-            f"{trainer.accelerator.num_processes} process): {len(range(launched))} independent runs would race on one "
-            f"output_dir. {config} found no process group for this machine; on CPU set `use_cpu=True` (DDP over "
-            "gloo) or, for DeepSpeed, `use_cpu=False` with `ddp_backend='gloo'`."
+            f"The launch started {launched} processes (WORLD_SIZE={launched}), but each would train alone ({name}, "
+            f"{processes} process): {launched} independent runs would race on one output_dir. No process group "
+            "formed: on CPU set `use_cpu=True` (DDP over gloo) or, for DeepSpeed, `use_cpu=False` with "
+            "`ddp_backend='gloo'`."
         )
-    logger.info("Distributed engine: %s over %d process(es)", name, trainer.accelerator.num_processes)
+    if name == "ZeRO-3":
+        zero = trainer.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+        if zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+            raise ValueError(
+                "The DeepSpeed config runs ZeRO-3 without `stage3_gather_16bit_weights_on_model_save`: budget folders "
+                "would hold DeepSpeed shards, not from_pretrained weights. Set `zero3_save_16bit_model: true` in the "
+                "accelerate config (or that key in your DeepSpeed JSON)."
+            )
+    logger.info("Distributed engine: %s over %d process(es)", name, processes)
     return name
 
 
