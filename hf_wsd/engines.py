@@ -133,23 +133,39 @@ def check_engine(trainer: "Trainer") -> str:
 
 
 def gathers_weights(trainer: "Trainer") -> bool:
-    """Whether budget weights must be gathered from shards (FSDP, ZeRO-3) rather than saved by ``save_model``."""
-    return getattr(trainer, "is_fsdp_enabled", False) or zero_stage(trainer) == 3
+    """Whether budget weights are gathered (FSDP, DeepSpeed: separate full tensors, the main process writes them)
+    rather than saved by ``save_model`` (which writes nothing for FSDP's sharded state dict)."""
+    return bool(getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False))
 
 
 def save_full_model(trainer: "Trainer", folder: str | Path) -> None:
     """Write the full model (and tokenizer) to ``folder`` as a ``from_pretrained`` folder. Every rank must call it:
     the weights are gathered collectively (FSDP: full tensors from every shard; ZeRO-3: the 16-bit gather, in the
-    parameters' own dtype), then the main process writes them once through the Trainer's own ``_save`` (tied
-    weights as the model declares them, PEFT adapters, the tokenizer)."""
+    parameters' own dtype; ZeRO-1/2: copies of the whole parameters), then the main process writes them once
+    through the Trainer's own ``_save`` (tied weights as the model declares them, PEFT adapters, the tokenizer)."""
     source = trainer.deepspeed if getattr(trainer, "is_deepspeed_enabled", False) else trainer.model
     state_dict = trainer.accelerator.get_state_dict(source)  # every rank: a collective gather
     if trainer.args.should_save:
-        trainer._save(str(folder), state_dict=state_dict)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        trainer._save(str(folder), state_dict=drop_tied_copies(state_dict, model))
+
+
+def drop_tied_copies(state_dict: dict, model) -> dict:
+    """Gathered weights come as separate tensors, so ``save_pretrained`` (which finds ties by shared storage) would
+    store a tied weight twice: keep only the source of each tie the model declares (``all_tied_weights_keys``,
+    target → source), where both hold the same values."""
+    import torch
+
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    kept = dict(state_dict)
+    for target, source in tied.items():
+        if target in kept and source in kept and torch.equal(kept[target], kept[source]):
+            del kept[target]
+    return kept
 
 
 def save_budget_weights(trainer: "Trainer", folder: str | Path) -> None:
-    """A budget's weights: gathered under FSDP (any state dict type) and ZeRO-3, else ``Trainer.save_model``."""
+    """A budget's weights: gathered under FSDP (any state dict type) and DeepSpeed, else ``Trainer.save_model``."""
     if gathers_weights(trainer):
         save_full_model(trainer, folder)
     else:

@@ -5,9 +5,9 @@ Each engine gets two launches of tests/sharded_runs.py (several tiny WSD runs ea
 imports): the first ends with a SIGKILL inside a WSD branch, the second resumes it and extends a finished run. The
 two-"machine" DDP launch trains the reference the sharded budgets are compared with.
 
-What the comparisons hold to: FSDP2 and ZeRO-2 budgets equal DDP's within 1e-6 (the gradient reductions differ:
-reduce-scatter vs all-reduce; on this CPU they came out bitwise equal); ZeRO-3 builds the model under ``zero.Init``,
-so it is compared with ZeRO-3 only; everything within one engine is bitwise.
+What the comparisons hold to: FSDP2 and ZeRO-2 budgets (weights, held-out loss) equal DDP's within 1e-6 (the
+gradient reductions differ: reduce-scatter vs all-reduce); ZeRO-3 builds the model under ``zero.Init``, so it is
+compared with ZeRO-3 only; everything within one engine is bitwise.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def run(command: list[str], expect_kill: bool = False, env=None) -> subprocess.C
 
 
 def budget_folder(run_dir: Path, step: int) -> Path:
-    [folder] = [p for p in (run_dir / "budgets").iterdir() if p.name.startswith(f"step{step}-")]
+    [folder] = [p for p in (run_dir / "budgets").iterdir() if p.name.split("-")[0] == f"step{step}"]
     return folder
 
 
@@ -65,6 +65,12 @@ def budget_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
 
 def record(run_dir: Path) -> dict:
     return json.loads((run_dir / "driver.json").read_text())
+
+
+def heldout_loss(run_dir: Path, step: int) -> float:
+    results = json.loads((budget_folder(run_dir, step) / "eval_results.json").read_text())["results"]
+    [loss] = [r["value"] for r in results if r["task"] == "heldout" and r["metric"] == "loss"]
+    return loss
 
 
 @pytest.fixture(scope="module", params=["fsdp2", "zero2", "zero3"])
@@ -137,6 +143,7 @@ def test_budget_folders_are_full_from_pretrained_folders_with_tied_weights_and_t
     assert_bitwise_equal({k: v for k, v in model.state_dict().items() if k in saved}, saved)
     assert AutoTokenizer.from_pretrained(folder)("abc")["input_ids"] == [3, 4, 5]
     assert json.loads((folder / "budget.json").read_text())["step"] == 20
+    assert (folder / "README.md").is_file() and heldout_loss(root / "memory", 20) > 0  # carded and evaluated
 
 
 def test_a_wsd_run_ends_with_the_same_last_budget_as_that_budget_alone(sharded):
@@ -175,6 +182,7 @@ def test_fsdp2_and_zero2_budgets_equal_ddps(sharded, two_machines):
         assert ours.keys() == reference.keys()
         for name in reference:
             assert torch.allclose(ours[name], reference[name], atol=DDP_TOLERANCE, rtol=0), f"step{step}/{name}"
+        assert heldout_loss(root / "memory", step) == pytest.approx(heldout_loss(ddp, step), abs=DDP_TOLERANCE)
 
 
 def test_two_machines_train_one_run_with_one_publisher_and_per_rank_data_state(two_machines):
