@@ -1,6 +1,8 @@
 """What a WSD branch switch costs: in-memory snapshot/restore vs the checkpoint path, side by side in one run.
 
     python benchmarks/branch_switch.py [--sizes 5M 50M] [--rounds 2]
+    HF_WSD_CPU_FSDP=1 accelerate launch --config_file recipes/accelerate_configs/fsdp.yaml --num_processes 2 \
+        --mixed_precision no benchmarks/branch_switch.py --sizes 5M --budget 40     # FSDP2 on 2 CPU processes
 
 A WSD run with budgets [B/2, B] (one side branch, decaying over 10 % of its budget) is trained with
 ``branch_restore="device"`` (in memory) and ``"checkpoint"`` (save at the branch point, restart ``train()``),
@@ -14,15 +16,19 @@ interleaved, for each model size. Measured with callbacks, so the trainer carrie
 
 Reports seconds per switch, the switch as a share of this branch's compute, and the smallest budget for which a
 branch decaying 10 % of it pays at most 1 % for its switch (the goal): ``switch / (0.01 × 0.1 × update time)``.
-The switch costs the same whatever the branch's length, so its share falls as budgets grow.
+The switch costs the same whatever the branch's length, so its share falls as budgets grow. Under a launch (FSDP2,
+several processes) every rank trains in one shared folder and the main process prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -81,7 +87,7 @@ def model(size: str) -> LlamaForCausalLM:
 
 def run(size: str, mode: str, budget: int, train: Dataset, cuda: bool = False) -> SwitchTimer:
     timer = SwitchTimer()
-    with tempfile.TemporaryDirectory() as out:
+    with _shared_folder(f"{size}-{mode}") as out:
         args = WSDConfig(
             output_dir=out, budgets=[str(budget // 2), str(budget)], schedule="wsd", decay_fraction=0.1, warmup_steps=2,
             learning_rate=1e-3, per_device_train_batch_size=BATCH, logging_steps=10, save_steps=10**6, report_to="none",
@@ -90,6 +96,28 @@ def run(size: str, mode: str, budget: int, train: Dataset, cuda: bool = False) -
         )
         WSDTrainer(model=model(size), args=args, train_dataset=train, callbacks=[timer]).train()
     return timer
+
+
+class _shared_folder:
+    """A temporary output folder every rank of a launch agrees on (one process: a plain temporary folder)."""
+
+    def __init__(self, name: str):
+        self.launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.path = Path(tempfile.gettempdir()) / f"hf_wsd-branch-switch-{os.environ.get('MASTER_PORT')}-{name}"
+        self.temporary = None if self.launched else tempfile.TemporaryDirectory()
+
+    def __enter__(self) -> str:
+        return str(self.path) if self.launched else self.temporary.name
+
+    def __exit__(self, *exc) -> None:
+        if not self.launched:
+            self.temporary.cleanup()
+        elif os.environ.get("RANK") == "0":
+            shutil.rmtree(self.path, ignore_errors=True)  # the next run with this name starts afresh
+        if self.launched:
+            import torch.distributed as dist
+
+            dist.barrier()
 
 
 def main(argv=None) -> None:
@@ -102,10 +130,14 @@ def main(argv=None) -> None:
     ids = torch.randint(0, 8192, (512, SEQ), generator=torch.Generator().manual_seed(0)).tolist()
     train = Dataset.from_dict({"input_ids": ids})
     where = torch.cuda.get_device_name() if cli.cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"WSD budgets [{cli.budget // 2}, {cli.budget}], one branch of {round(0.1 * cli.budget / 2)} updates, "
-          f"batch {BATCH}×{SEQ}, {where}, {cli.rounds} interleaved rounds")
-    print(f"{'size':<5} {'mode':<11} {'params':>8} {'switch out s':>13} {'switch back s':>14} {'branch s':>9} "
-          f"{'switch / branch':>16} {'budget for ≤1 %':>16}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        where += f", {world} processes ({'FSDP2' if os.environ.get('ACCELERATE_USE_FSDP') == 'true' else 'DDP'})"
+    show = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)
+    show(f"WSD budgets [{cli.budget // 2}, {cli.budget}], one branch of {round(0.1 * cli.budget / 2)} updates, "
+         f"batch {BATCH}×{SEQ}, {where}, {cli.rounds} interleaved rounds")
+    show(f"{'size':<5} {'mode':<11} {'params':>8} {'switch out s':>13} {'switch back s':>14} {'branch s':>9} "
+         f"{'switch / branch':>16} {'budget for ≤1 %':>16}")
     for size in cli.sizes:
         results: dict[str, list[SwitchTimer]] = {"device": [], "checkpoint": []}
         for round_ in range(cli.rounds):
@@ -118,8 +150,8 @@ def main(argv=None) -> None:
             branch = statistics.median(t.branch_updates for t in timers)
             per_update = branch / round(0.1 * cli.budget / 2)
             smallest = (out + back) / (0.01 * 0.1 * per_update)  # updates: its 10 % branch costs 100 × the switch
-            print(f"{size:<5} {mode:<11} {params / 1e6:>7.1f}M {out:>13.3f} {back:>14.3f} {branch:>9.2f} "
-                  f"{(out + back) / branch:>16.3f} {smallest:>16,.0f}")
+            show(f"{size:<5} {mode:<11} {params / 1e6:>7.1f}M {out:>13.3f} {back:>14.3f} {branch:>9.2f} "
+                 f"{(out + back) / branch:>16.3f} {smallest:>16,.0f}")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,18 @@ def snapshot_bytes(trainer: "Trainer") -> int:
     return total
 
 
+def _reshard(trainer: "Trainer") -> None:
+    """FSDP2: put every module back in its sharded state. A forward outside training (the budget's evaluation) can
+    leave modules holding unsharded parameters, and the shards are what the snapshot keeps and restores."""
+    if not in_place_only(trainer):
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in trainer.model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def in_place_only(trainer: "Trainer") -> bool:
     """FSDP2: model and optimizer tensors are sharded ``DTensor``s, restored shard by shard in place."""
     return bool(getattr(trainer, "is_fsdp_enabled", False)) and getattr(
@@ -156,6 +168,7 @@ def take_snapshot(trainer: "Trainer", components: dict[str, Any], device: str) -
     """Copy the main branch (``device``: ``"device"`` keeps copies where the tensors are, ``"cpu"`` in host memory)."""
     target = None if device == "device" else torch.device("cpu")
     scaler = getattr(trainer.accelerator, "scaler", None)
+    _reshard(trainer)
     return MainBranchSnapshot(
         step=trainer.state.global_step,
         weights=_copy(_trainable_state(trainer.model), target),
@@ -177,6 +190,7 @@ def take_snapshot(trainer: "Trainer", components: dict[str, Any], device: str) -
 @torch.no_grad()
 def restore_snapshot(trainer: "Trainer", snapshot: MainBranchSnapshot, components: dict[str, Any]) -> None:
     """Put the main branch back in place: after this, training continues from the branch point exactly."""
+    _reshard(trainer)
     live = _trainable_state(trainer.model)
     for key, tensor in snapshot.weights.items():
         _local(live[key]).copy_(tensor)  # in place: FSDP2 all-gathers from this very storage

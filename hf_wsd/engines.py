@@ -97,50 +97,75 @@ def check_engine(trainer: "Trainer") -> str:
     name = engine_name(trainer)
     asked = requested_engine()
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    config = os.environ.get("ACCELERATE_CONFIG_FILE") or "the accelerate config"
+    processes = trainer.accelerator.num_processes
     if asked == "FSDP" and not name.startswith("FSDP"):
         hint = (
-            f"on CPU processes accelerate keeps FSDP off; set {CPU_FSDP_ENV}=1 to run FSDP2 on CPU (gloo)"
+            f"accelerate keeps FSDP off on CPU processes; set {CPU_FSDP_ENV}=1 to run FSDP2 on them (gloo)"
             if trainer.args.device.type == "cpu" else "check that the launch sees its accelerators"
         )
         raise ValueError(
-            f"{config} asks for FSDP, but this run would train with {name}: {hint}, or launch with a DDP config "
-            "(recipes/accelerate_configs/cpu_2proc.yaml)."
+            f"The accelerate config asks for FSDP (`distributed_type: FSDP`, ACCELERATE_USE_FSDP=true), but this run "
+            f"would train with {name}: {hint}, or launch with a DDP config (recipes/accelerate_configs/cpu_2proc.yaml)."
         )
     if asked == "DeepSpeed" and not name.startswith("ZeRO"):
         raise ValueError(
-            f"{config} asks for DeepSpeed, but this run would train with {name}: on CPU processes DeepSpeed joins only "
-            "with `use_cpu=False` and `ddp_backend='gloo'` (the recipes set both on a machine without a GPU)."
+            f"The accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`, ACCELERATE_USE_DEEPSPEED=true), "
+            f"but this run would train with {name}: on CPU processes DeepSpeed joins only with `use_cpu=False` and "
+            "`ddp_backend='gloo'` (the recipes set both on a machine without a GPU)."
         )
-    if launched > 1 and trainer.accelerator.num_processes != launched:
+    if launched > 1 and processes != launched:
         raise ValueError(
-            f"the launch started {launched} processes, but each would train alone ({name}, "
-            f"{trainer.accelerator.num_processes} process): {len(range(launched))} independent runs would race on one "
-            f"output_dir. {config} found no process group for this machine; on CPU set `use_cpu=True` (DDP over "
-            "gloo) or, for DeepSpeed, `use_cpu=False` with `ddp_backend='gloo'`."
+            f"The launch started {launched} processes (WORLD_SIZE={launched}), but each would train alone ({name}, "
+            f"{processes} process): {launched} independent runs would race on one output_dir. No process group "
+            "formed: on CPU set `use_cpu=True` (DDP over gloo) or, for DeepSpeed, `use_cpu=False` with "
+            "`ddp_backend='gloo'`."
         )
-    logger.info("Distributed engine: %s over %d process(es)", name, trainer.accelerator.num_processes)
+    if name == "ZeRO-3":
+        zero = trainer.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+        if zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+            raise ValueError(
+                "The DeepSpeed config runs ZeRO-3 without `stage3_gather_16bit_weights_on_model_save`: budget folders "
+                "would hold DeepSpeed shards, not from_pretrained weights. Set `zero3_save_16bit_model: true` in the "
+                "accelerate config (or that key in your DeepSpeed JSON)."
+            )
+    logger.info("Distributed engine: %s over %d process(es)", name, processes)
     return name
 
 
 def gathers_weights(trainer: "Trainer") -> bool:
-    """Whether budget weights must be gathered from shards (FSDP, ZeRO-3) rather than saved by ``save_model``."""
-    return getattr(trainer, "is_fsdp_enabled", False) or zero_stage(trainer) == 3
+    """Whether budget weights are gathered (FSDP, DeepSpeed: separate full tensors, the main process writes them)
+    rather than saved by ``save_model`` (which writes nothing for FSDP's sharded state dict)."""
+    return bool(getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False))
 
 
 def save_full_model(trainer: "Trainer", folder: str | Path) -> None:
     """Write the full model (and tokenizer) to ``folder`` as a ``from_pretrained`` folder. Every rank must call it:
     the weights are gathered collectively (FSDP: full tensors from every shard; ZeRO-3: the 16-bit gather, in the
-    parameters' own dtype), then the main process writes them once through the Trainer's own ``_save`` (tied
-    weights as the model declares them, PEFT adapters, the tokenizer)."""
+    parameters' own dtype; ZeRO-1/2: copies of the whole parameters), then the main process writes them once
+    through the Trainer's own ``_save`` (tied weights as the model declares them, PEFT adapters, the tokenizer)."""
     source = trainer.deepspeed if getattr(trainer, "is_deepspeed_enabled", False) else trainer.model
     state_dict = trainer.accelerator.get_state_dict(source)  # every rank: a collective gather
     if trainer.args.should_save:
-        trainer._save(str(folder), state_dict=state_dict)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        trainer._save(str(folder), state_dict=drop_tied_copies(state_dict, model))
+
+
+def drop_tied_copies(state_dict: dict, model) -> dict:
+    """Gathered weights come as separate tensors, so ``save_pretrained`` (which finds ties by shared storage) would
+    store a tied weight twice: keep only the source of each tie the model declares (``all_tied_weights_keys``,
+    target → source), where both hold the same values."""
+    import torch
+
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    kept = dict(state_dict)
+    for target, source in tied.items():
+        if target in kept and source in kept and torch.equal(kept[target], kept[source]):
+            del kept[target]
+    return kept
 
 
 def save_budget_weights(trainer: "Trainer", folder: str | Path) -> None:
-    """A budget's weights: gathered under FSDP (any state dict type) and ZeRO-3, else ``Trainer.save_model``."""
+    """A budget's weights: gathered under FSDP (any state dict type) and DeepSpeed, else ``Trainer.save_model``."""
     if gathers_weights(trainer):
         save_full_model(trainer, folder)
     else:

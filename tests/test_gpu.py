@@ -1,6 +1,6 @@
 """On a CUDA GPU (skipped without one; `bash benchmarks/gpu_check.sh` runs them): bf16 budget folders hold exactly
-the budget's weights, in-memory WSD branches equal the checkpoint path, and FSDP branches round-trip through
-checkpoints (the automatic choice)."""
+the budget's weights, in-memory WSD branches equal the checkpoint path, and FSDP2 / ZeRO-2 / ZeRO-3 write budgets,
+branch (FSDP2 in memory, DeepSpeed through checkpoints), resume after a SIGKILL and extend (tests/sharded_runs.py)."""
 
 from __future__ import annotations
 
@@ -57,16 +57,32 @@ def test_in_memory_branches_on_the_gpu_equal_the_checkpoint_path(tmp_path):
         assert_bitwise_equal(weights(tmp_path / "memory", step), weights(tmp_path / "checkpoint", step))
 
 
-def test_fsdp_branches_round_trip_through_checkpoints(tmp_path):
+@pytest.mark.parametrize(("engine", "config"), [
+    ("fsdp2", "fsdp.yaml"), ("zero2", "deepspeed_zero2.yaml"), ("zero3", "deepspeed_zero3.yaml"),
+])
+def test_sharded_engines_write_budgets_branch_and_resume(tmp_path, engine, config):
+    """tests/test_sharded.py's runs on one GPU (tests/sharded_runs.py --gpu): FSDP2 branches in memory = checkpoint
+    path, [10, 20] ends like [20] alone, a SIGKILL inside a branch resumes, a finished run extends."""
+    if engine.startswith("zero"):
+        pytest.importorskip("deepspeed")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(REPO / "recipes" / "accelerate_configs" / "fsdp.yaml"), "--num_processes", "1",
-              "--main_process_port", "0", str(REPO / "tests" / "helpers.py")]
+              str(REPO / "recipes" / "accelerate_configs" / config), "--num_processes", "1", "--mixed_precision", "no",
+              "--main_process_port", "0", str(REPO / "tests" / "sharded_runs.py"), str(tmp_path), "--engine", engine,
+              "--gpu"]
     env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}:{os.environ.get('PYTHONPATH', '')}"}
-    for out, budgets in ((tmp_path / "branched", ["10", "20", "30"]), (tmp_path / "main", ["30"])):
-        done = subprocess.run([*launch, str(out), "--budgets", *budgets, "--schedule", "wsd", "--gpu"],
-                              capture_output=True, text=True, env=env, timeout=600)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "branches restart from a checkpoint" in done.stderr + done.stdout  # the automatic choice under FSDP
-    branched, main = weights(tmp_path / "branched", 30), weights(tmp_path / "main", 30)
-    for name in main:  # sharded save and restore: the same numbers, not necessarily the same kernels
-        assert torch.allclose(branched[name], main[name], atol=1e-6, rtol=0), name
+    first = subprocess.run([*launch, "--phase", "first"], capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode != 0 and "(SIGKILL)" in first.stdout + first.stderr, first.stderr[-3000:]
+    second = subprocess.run([*launch, "--phase", "second"], capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    import json
+
+    ran = json.loads((tmp_path / "memory" / "driver.json").read_text())
+    assert ran["engine"] == {"fsdp2": "FSDP2", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}[engine]
+    assert ran["branch_restore"] == ("device" if engine == "fsdp2" else "checkpoint")
+    pairs = [("memory", "alone", 20), ("memory", "killed", 10), ("memory", "killed", 20), ("memory", "alone30", 30)]
+    if engine == "fsdp2":
+        pairs += [("memory", "checkpoint", 10), ("memory", "checkpoint", 20)]
+    for a, b, step in pairs:  # deterministic kernels; sharded saves and restores may still pick other kernels
+        ours, theirs = weights(tmp_path / a, step), weights(tmp_path / b, step)
+        for name in theirs:
+            assert torch.allclose(ours[name], theirs[name], atol=1e-6, rtol=0), f"{a}/{b} step{step} {name}"

@@ -38,10 +38,15 @@ def start_losses(trainer) -> dict[str, float]:
 
 def machine_defaults() -> dict[str, Any]:
     """Defaults that depend on the machine, under any config: GPU-ready on CUDA (bf16, or fp16 where bf16 is
-    missing; fused AdamW), and ``use_cpu`` without a GPU (transformers joins a gloo launch only then)."""
+    missing; fused AdamW), and ``use_cpu`` without a GPU (transformers joins a gloo launch only then) — except under a
+    DeepSpeed launch, which joins on CPU processes only with ``use_cpu=False`` and the gloo backend."""
     import torch
 
+    from ..engines import requested_engine
+
     if not torch.cuda.is_available():
+        if requested_engine() == "DeepSpeed":
+            return {"use_cpu": False, "ddp_backend": "gloo"}
         return {"use_cpu": True}
     bf16 = torch.cuda.is_bf16_supported()
     return {"use_cpu": False, "bf16": bf16, "fp16": not bf16, "optim": "adamw_torch_fused"}
