@@ -121,6 +121,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def per_run(rows: list[dict], method: str = "bounded") -> str:
+    """Error (band width) per run and schedule: one line per run; "refused" where the forecaster refused."""
+    lines = ["| run (fit to H) | " + " | ".join(SCHEDULES) + " |", "|---|" + "---|" * len(SCHEDULES)]
+    cells = defaultdict(dict)
+    for row in rows:
+        if row["method"] == method:
+            mark = "" if row["in_band"] else " **out**"
+            text = f"{100 * row['error']:+.2f} % (±{50 * row['width']:.1f} %){mark}"
+            cells[f"{row['run']} ({row['fit_until']})"][row["schedule"]] = (
+                f"refused ({100 * row['error']:+.1f} %)" if "refused" in row else text
+            )
+    for run, by_schedule in sorted(cells.items()):
+        lines.append(f"| {run} | " + " | ".join(by_schedule.get(s, "–") for s in SCHEDULES) + " |")
+    return "\n".join(lines)
+
+
 def plot(group: dict[str, Path], rows: list[dict], path: Path, title: str) -> Path:
     """The four runs' logged losses (20-update means), the fitted WSD-S part, and each method's forecast with its
     band at 2H."""
@@ -195,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
                     flush=True,
                 )
     print(table(rows))
+    print(per_run(rows))
+    seconds = [r["fit_seconds"] for r in rows if r["method"] == "bounded" and r["schedule"] == "wsd-s"]
+    print(f"forecaster fit: median {np.median(seconds):.1f} s, max {np.max(seconds):.1f} s ({len(seconds)} fits)")
     if args.plot:
         first = rows[0]["run"]
         lr, seed = first[2:].split("-seed")

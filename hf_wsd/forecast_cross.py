@@ -457,6 +457,8 @@ def advice_text(rows: list[dict], budget: int) -> str:
     best = next((r for r in rows if r["predicted_loss"] is not None), None)
     if best is None:
         lines.append(f"no decay of budget {budget} could be forecast from this log.")
+    elif best["vs_baseline"] >= 0:
+        lines.append(f"lowest predicted at budget {budget}: the 20 % linear decay itself (or a tie with it): keep it")
     else:
         sure = best["vs_baseline_high"] < 0
         lines.append(
