@@ -66,10 +66,13 @@ def score(group: dict[str, Path], fit_until: int, horizon: int, gain_factors=(No
             "fit_seconds": seconds,
             "law": forecaster.law,
         }
-        default = forecast_cross.GAIN_FACTOR
+        default, growth = forecast_cross.GAIN_FACTOR, forecast_cross.END_ERROR_GROWTH
         for factor in gain_factors:
-            method = "bounded" if factor is None else f"bounded x{factor:g}"
-            forecast_cross.GAIN_FACTOR = default if factor is None else factor
+            method = "bounded" if factor is None else f"bounded {factor}"
+            if isinstance(factor, str):  # "g<exponent>": the end error's growth instead
+                forecast_cross.END_ERROR_GROWTH = float(factor[1:])
+            else:
+                forecast_cross.GAIN_FACTOR = default if factor is None else factor
             try:
                 f = forecaster.predict(lr, horizon - WINDOW, horizon)
                 extra = {}
@@ -77,7 +80,7 @@ def score(group: dict[str, Path], fit_until: int, horizon: int, gain_factors=(No
                 f = forecaster.predict(lr, horizon - WINDOW, horizon, refuse=False)
                 extra = {"refused": error.reason}
             finally:
-                forecast_cross.GAIN_FACTOR = default
+                forecast_cross.GAIN_FACTOR, forecast_cross.END_ERROR_GROWTH = default, growth
             numbers = {"predicted": f.predicted, "low": f.low, "high": f.high, "capped": f.capped}
             rows.append(
                 {**base, "method": method, **numbers, "decay_ratio": f.decay_ratio, "spread": f.spread, **extra}
@@ -115,6 +118,22 @@ def table(rows: list[dict]) -> str:
                 else "– | – | – | – |"
             )
         )
+    return "\n".join(lines)
+
+
+def per_run(rows: list[dict], method: str = "bounded") -> str:
+    """Error (band width) per run and schedule: one line per run; "refused" where the forecaster refused."""
+    lines = ["| run (fit to H) | " + " | ".join(SCHEDULES) + " |", "|---|" + "---|" * len(SCHEDULES)]
+    cells = defaultdict(dict)
+    for row in rows:
+        if row["method"] == method:
+            mark = "" if row["in_band"] else " **out**"
+            text = f"{100 * row['error']:+.2f} % (±{50 * row['width']:.1f} %){mark}"
+            cells[f"{row['run']} ({row['fit_until']})"][row["schedule"]] = (
+                f"refused ({100 * row['error']:+.1f} %)" if "refused" in row else text
+            )
+    for run, by_schedule in sorted(cells.items()):
+        lines.append(f"| {run} | " + " | ".join(by_schedule.get(s, "–") for s in SCHEDULES) + " |")
     return "\n".join(lines)
 
 
@@ -167,14 +186,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fit-until", type=int, nargs="+", help="H values (default: the runs' horizon)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path, help="write the first run's forecasts at H as this PNG")
-    parser.add_argument("--gain-factors", type=float, nargs="+", help="also score these caps (GAIN_FACTOR)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=[],
+        help="also score these: a number is a GAIN_FACTOR, g<x> an END_ERROR_GROWTH",
+    )
     args = parser.parse_args(argv)
     meta = json.loads((args.folder / "runs.json").read_text())
     horizon = 2 * meta["horizon"]
     rows = []
     for (lr, seed), group in runs(args.folder).items():
         for fit_until in args.fit_until or [meta["horizon"]]:
-            for row in score(group, fit_until, horizon, [None, *(args.gain_factors or [])]):
+            for row in score(
+                group, fit_until, horizon, [None, *(v if v.startswith("g") else float(v) for v in args.variants)]
+            ):
                 rows.append({"run": f"lr{lr}-seed{seed}", **row})
                 r = rows[-1]
                 print(
@@ -185,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
                     flush=True,
                 )
     print(table(rows))
+    print(per_run(rows))
+    seconds = [r["fit_seconds"] for r in rows if r["method"] == "bounded" and r["schedule"] == "wsd-s"]
+    print(f"forecaster fit: median {np.median(seconds):.1f} s, max {np.max(seconds):.1f} s ({len(seconds)} fits)")
     if args.plot:
         first = rows[0]["run"]
         lr, seed = first[2:].split("-seed")

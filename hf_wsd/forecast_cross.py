@@ -27,6 +27,7 @@ from scipy.optimize import least_squares
 
 from .forecast import (
     BAND_Z,
+    HOLDOUT_FRACTION,
     MIN_DECAY,
     MIN_DECAYS,
     LawFit,
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 GAIN_FACTOR = 1.5  # a forecast's annealing gain is at most this × the largest gain at the end of a logged decay
 MAX_DECAY_RATIO = 25.0  # refuse a final decay losing more than this × the LR area of the log's longest decay
 MAX_HORIZON = 4.0  # refuse forecasts beyond this × the log's last update
+END_ERROR_GROWTH = 0.5  # the held-out end error grows as (distance / held-out span) ** this (a random walk)
 MAX_BAND_WIDTH = 0.15  # refuse when the 90 % band (high - low) is wider than this fraction of the prediction
 BOOTSTRAP = 6  # moving-block bootstrap refits
 BLOCKS = 8  # blocks of the bootstrap (each a contiguous run of entries)
@@ -235,7 +237,8 @@ class ScheduleForecaster:
             "bootstrap": float(np.sqrt(np.mean(np.square(boot)))) if boot else 0.0,
             "held_out_decays": float(np.sqrt(np.mean(np.square(jack)))) if jack else 0.0,
             "decay_error": refits["decay_error"] or 0.0,
-            "end_error": fit.model_error or 0.0,  # the law's error on the log's held-out last 20 %
+            # The law's error on the log's held-out last 20 %, grown with how much further the target lies.
+            "end_error": (fit.model_error or 0.0) * self._reach(end) ** END_ERROR_GROWTH,
             "target_noise": self.noise / np.sqrt(max(end - start, 1)) if observed else 0.0,
         }
         spread = float(np.sqrt(sum(v**2 for v in parts.values())))
@@ -249,6 +252,13 @@ class ScheduleForecaster:
                 "resampled log segments disagree); forecast nearer the log or log a longer run"
             )
         return CrossForecast(start, end, value, low, high, law, gain, cap, capped, floor, decay_ratio, parts)
+
+    def _reach(self, end: int) -> float:
+        """How many times further than the held-out end of the log (its last 20 %) the target's last update lies."""
+        lr = self.log.main.lr
+        first_peak = int(np.argmax(lr >= lr.max() * (1 - 1e-9))) if len(lr) else 0
+        held_out = max(HOLDOUT_FRACTION * (self.log.last_step - first_peak), 1.0)
+        return max(1.0, (end - 1 - self.log.last_step) / held_out)
 
     def _gain(self, law: str, theta: np.ndarray, lr: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The law's loss along ``lr`` at ``steps`` and its annealing gain (loss without the term minus with it)."""
@@ -447,6 +457,8 @@ def advice_text(rows: list[dict], budget: int) -> str:
     best = next((r for r in rows if r["predicted_loss"] is not None), None)
     if best is None:
         lines.append(f"no decay of budget {budget} could be forecast from this log.")
+    elif best["vs_baseline"] >= 0:
+        lines.append(f"lowest predicted at budget {budget}: the 20 % linear decay itself (or a tie with it): keep it")
     else:
         sure = best["vs_baseline_high"] < 0
         lines.append(

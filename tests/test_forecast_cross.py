@@ -116,7 +116,7 @@ def test_the_cli_prints_refusals_and_decay_advice(tmp_path):
     code, out, _ = run_cli("forecast", str(path), "2000", "--schedule", "cosine", "--warmup-steps", "20")
     assert code == 0 and "refused:" in out and "at most 4× the log" in out
     code, out, _ = run_cli("forecast", str(path), "--suggest-decay", "800", "--warmup-steps", "20")
-    assert code == 0 and "against 20 % linear" in out and "0.40 1-sqrt" in out
+    assert code == 0 and "lowest predicted at budget 800" in out and "0.40 1-sqrt" in out
 
 
 def test_decay_advice_ranks_the_candidates_by_the_bounded_law_against_the_20_percent_linear_decay():
