@@ -71,11 +71,11 @@ class DivergenceGuard:
         Not finite: raises under ``stop``; under ``warn`` logs it and returns False (the caller skips the write)."""
         import torch
 
-        params = [p.detach() for p in model.parameters() if p.numel()]
-        bad = bool(params) and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+        # Local shards (FSDP DTensors, DeepSpeed partitions: empty here), on whatever device each lives (device_map).
+        bad = any(not bool(torch.isfinite(_local(p)).all()) for p in model.parameters() if _local(p).numel())
         if not self.any_rank(bad):
             return True
-        names = [n for n, p in model.named_parameters() if p.numel() and not torch.isfinite(p.detach()).all()]
+        names = [n for n, p in model.named_parameters() if _local(p).numel() and not torch.isfinite(_local(p)).all()]
         where = ", ".join(names[:3]) + (", …" if len(names) > 3 else "") if names else "on another rank"
         self._diverged(step, f"the weights after update {step} are not finite ({where}), so {what} is not written",
                        each_time=True)
@@ -97,6 +97,11 @@ class DivergenceGuard:
             self.warned = True
             logger.error("%s Training goes on (on_divergence='warn'); budgets with non-finite weights are skipped.",
                          message)
+
+
+def _local(param):
+    param = param.detach()
+    return param.to_local() if hasattr(param, "to_local") else param
 
 
 def any_rank(accelerator) -> Callable[[bool], bool]:

@@ -4,9 +4,11 @@ The lock, ``{output_dir}/wsd_lock.json``, names its holder (pid, host, process s
 atomically (``O_CREAT | O_EXCL``), so of two launches racing on one run exactly one trains. A background thread
 touches it every :data:`HEARTBEAT_S` seconds while the holder lives. It is released when training ends (normally or
 by an exception) and broken only when its holder is gone: on this host, a pid that no longer runs (or now runs
-another process); on another host, a heartbeat older than :data:`STALE_AFTER_S` seconds (a job requeued on another
-node after a crash). Under ``accelerate launch`` only the main process takes it: the ranks of one launch are one
-owner, and every rank learns the answer from it.
+another process); on another host (a job requeued on another node after a crash or a preemption), a heartbeat that
+does not move for :data:`HEARTBEAT_WAITS` heartbeats while the new launch watches it, or is older than
+:data:`STALE_AFTER_S` seconds (watching needs no agreement between the hosts' clocks: only whether the stamp
+moves). Under ``accelerate launch`` only the main process takes it: the ranks of one launch are one owner, and every
+rank learns the answer from it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from . import runs
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 30.0
+HEARTBEAT_WAITS = 3  # heartbeats a launch watches another host's lock for before it breaks it (shared FS caching)
 STALE_AFTER_S = 300.0
 
 
@@ -61,15 +64,36 @@ def this_holder() -> dict:
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv)[:500]}
 
 
-def holder_is_gone(holder: dict, lock_age_s: float) -> bool:
-    """Whether the launch that wrote ``holder`` no longer runs (its lock may be broken)."""
+def holder_is_gone(holder: dict, lock_age_s: float, path: Path | None = None) -> bool:
+    """Whether the launch that wrote ``holder`` no longer runs (its lock may be broken). For another host, with the
+    lock's ``path``, watch its heartbeat for :data:`HEARTBEAT_WAITS` heartbeats: a stamp that moves is a live holder."""
     if holder.get("host") != socket.gethostname():
-        return lock_age_s > STALE_AFTER_S
+        if lock_age_s > STALE_AFTER_S or path is None:
+            return lock_age_s > STALE_AFTER_S
+        return not _heartbeat_moves(path, holder)
     pid = holder.get("pid")
     if not isinstance(pid, int) or not _pid_runs(pid):
         return True
     started = holder.get("process_start")
     return started is not None and _process_start(pid) not in (None, started)
+
+
+def _heartbeat_moves(path: Path, holder: dict) -> bool:
+    try:
+        first = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return False
+    logger.warning("%s is locked by %s: watching its heartbeat for up to %.0f s", path, describe(holder),
+                   HEARTBEAT_WAITS * HEARTBEAT_S)
+    deadline = time.monotonic() + HEARTBEAT_WAITS * HEARTBEAT_S
+    while time.monotonic() < deadline:
+        time.sleep(min(1.0, HEARTBEAT_S / 4))
+        try:
+            if path.stat().st_mtime_ns != first:
+                return True
+        except FileNotFoundError:
+            return False  # released meanwhile: the caller takes it
+    return False
 
 
 def describe(holder: dict) -> str:
@@ -95,7 +119,7 @@ def acquire(output_dir: str | Path) -> None:
             if holder is None:
                 continue  # released meanwhile
             mine = holder.get("host") == me["host"] and holder.get("pid") == me["pid"]
-            if mine or holder_is_gone(holder, age):
+            if mine or holder_is_gone(holder, age, path):
                 if not mine:
                     logger.warning("Breaking the lock of a launch that is gone (%s)", describe(holder))
                 path.unlink(missing_ok=True)
@@ -103,8 +127,9 @@ def acquire(output_dir: str | Path) -> None:
             raise RunInUse(
                 f"{Path(output_dir)} is being trained by another launch ({describe(holder)}; lock {path}). Two "
                 "launches on one run would train the same updates twice and interleave its budgets: wait for it to "
-                "end, or stop it and resume with resume_from_checkpoint=True. If that launch is gone (its node "
-                f"died), the lock breaks by itself once its heartbeat is {STALE_AFTER_S:.0f} s old, or delete {path}."
+                "end, or stop it and resume with resume_from_checkpoint=True. If that launch is gone, its lock is "
+                "broken by the next launch (on its host: its pid no longer runs; elsewhere: its heartbeat stopped), "
+                f"or delete {path}."
             )
         with os.fdopen(fd, "w") as handle:
             handle.write(json.dumps(me, indent=2) + "\n")

@@ -372,10 +372,10 @@ class WSDMixin:
         # A budget due now is written first: a checkpoint that lets a resume skip past a budget never exists
         # without the budget's folder (a kill between the two would lose the budget for good).
         self._reach_due_budgets(self.state.global_step)
-        self._maybe_preview(self.state.global_step, at_checkpoint=True)  # likewise before the checkpoint
         step = self.state.global_step
         if not self.divergence.weights_finite(self.model, step, f"{runs.CHECKPOINT_PREFIX}{step}"):
-            return  # on_divergence="warn": the last good checkpoint stays the newest
+            return  # on_divergence="warn": the last good checkpoint stays the newest (and no EMA preview)
+        self._maybe_preview(self.state.global_step, at_checkpoint=True)  # likewise before the checkpoint
         with self._paused():
             # hf_wsd's own state goes in before the Trainer's files: their trainer_state.json marks it complete.
             if self.checkpoint_writer.save(self, self._stateful_parts(), save_state_parts, *args, **kwargs):

@@ -90,17 +90,38 @@ def test_a_resume_while_the_first_launch_trains_is_refused_and_a_killed_holder_i
     assert sorted(budget_dirs(out)) == [10, 20] and not run_lock.lock_path(out).exists()
 
 
-def test_a_lock_breaks_only_when_its_holder_is_gone(tmp_path):
+def test_a_lock_breaks_only_when_its_holder_is_gone(tmp_path, monkeypatch):
+    import threading
+
     _write_lock(tmp_path, pid=os.getpid(), process_start="0")  # this pid, but another process (pid reused)
     run_lock.acquire(tmp_path)
     assert json.loads(run_lock.lock_path(tmp_path).read_text())["process_start"] == run_lock._process_start(os.getpid())
     run_lock.release(tmp_path)
-    _write_lock(tmp_path, host="node-17", pid=4242)  # another host, heartbeat fresh: it may be training
-    with pytest.raises(run_lock.RunInUse, match="pid 4242 on node-17"):
-        run_lock.acquire(tmp_path)
+
+    monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.2)
+    _write_lock(tmp_path, host="node-17", pid=4242)  # another host whose launch still beats: refused
+    beating = threading.Event()
+
+    def beat():
+        while not beating.wait(0.05):
+            os.utime(run_lock.lock_path(tmp_path))
+
+    thread = threading.Thread(target=beat)
+    thread.start()
+    try:
+        with pytest.raises(run_lock.RunInUse, match="pid 4242 on node-17"):
+            run_lock.acquire(tmp_path)
+    finally:
+        beating.set()
+        thread.join()
+    run_lock.acquire(tmp_path)  # its node died (a requeued job): the heartbeat stands still, the lock is broken
+    run_lock.release(tmp_path)
+    _write_lock(tmp_path, host="node-17", pid=4242)
     stale = time.time() - run_lock.STALE_AFTER_S - 5
-    os.utime(run_lock.lock_path(tmp_path), (stale, stale))  # its node died: no heartbeat for minutes
+    os.utime(run_lock.lock_path(tmp_path), (stale, stale))  # long dead: broken at once
+    started = time.monotonic()
     run_lock.acquire(tmp_path)
+    assert time.monotonic() - started < 0.5
     run_lock.release(tmp_path)
     assert not run_lock.lock_path(tmp_path).exists()
 
