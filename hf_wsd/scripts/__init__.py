@@ -12,6 +12,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 from typing import Sequence
 
 RESUME_FLAG = "--resume_from_checkpoint"
@@ -24,25 +25,28 @@ def run_recipe(resumable: bool = True):
     a traceback (exit status 130); the process group is destroyed at exit (a clean end under ``accelerate launch``)."""
     from ..quiet import recipe_logging
 
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous in (signal.SIG_DFL, None):
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    if main_thread and previous[signal.SIGTERM] in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _interrupt)
     try:
         with recipe_logging():  # INFO on the main process only; log lines off the progress bars
             yield
     except KeyboardInterrupt:
-        for number in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the message
-            signal.signal(number, signal.SIG_IGN)
+        if main_thread:
+            for number in previous:  # a second Ctrl-C must not cut the message
+                signal.signal(number, signal.SIG_IGN)
         if int(os.environ.get("RANK", "0")) == 0:
             print(interrupted_message(sys.argv, resumable), file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     finally:
-        if signal.getsignal(signal.SIGTERM) is _interrupt:
-            signal.signal(signal.SIGTERM, previous)
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        if main_thread:
+            for number, handler in previous.items():
+                signal.signal(number, handler if handler is not None else signal.SIG_DFL)
 
 
 def _interrupt(signum, frame):
