@@ -9,9 +9,10 @@ Training data comes from an update-indexed feed (:mod:`hf_wsd.feed`): the exampl
 function of ``t``, so resume is O(1) and a WSD side branch restores the data position with everything else.
 WSD side branches run in memory (:mod:`hf_wsd.branching`): at a branch point the main branch is saved as a
 regular checkpoint (crash safety) and kept aside, the decay runs on the data the main branch would see next,
-the budget is written, and the main branch is put back in place — inside the same ``train()`` call. Under
-FSDP and DeepSpeed (sharded state) branches instead restart ``train()`` from the branch point's checkpoint
-through the Trainer's exact-resume path.
+the budget is written, and the main branch is put back in place — inside the same ``train()`` call (under FSDP2
+each rank keeps its own shards). Under DeepSpeed and FSDP1 branches instead restart ``train()`` from the branch
+point's checkpoint through the Trainer's exact-resume path. The distributed engine in use is checked and logged
+when the trainer is built (:mod:`hf_wsd.engines`).
 
 Crash safety: a budget's folder is complete on disk before the checkpoint that lets a resume skip past it;
 budgets whose subscribers did not finish (evaluation, card) are replayed when the run resumes.

@@ -8,7 +8,7 @@ for FSDP2 ``checkpoint`` (the same, from checkpoints), ``alone`` (WSD [20]), and
 SIGKILLed on every rank inside the branch of budget 20). Phase ``second`` resumes ``killed``, extends the finished
 ``memory`` run to [10, 20, 30] and trains ``alone30`` (WSD [30]). Phase ``machines`` (the two-"machine" DDP launch)
 trains ``ddp`` (WSD [10, 20], evaluated: the reference of the sharded engines) and ``stream`` (the same on a streamed
-dataset, whose feed state is per rank, published with ``--push``). Each run's ``driver.json`` says what ran. The
+dataset, whose feed state is per rank, published with ``--push``). Each run's ``driver-{phase}.json`` says what ran. The
 pytest side compares the folders. FSDP2 on CPU processes needs ``HF_WSD_CPU_FSDP=1`` (hf_wsd/engines.py).
 """
 
@@ -30,6 +30,7 @@ KILL_AT = 19  # inside the branch of budget 20 (it decays over updates 18-20)
 
 
 GPU = False  # --gpu: train on CUDA (fp32, deterministic kernels) instead of CPU processes
+PHASE = ""  # the phase of this launch: each run writes what ran into driver-{PHASE}.json
 
 
 def engine_settings(engine: str) -> dict:
@@ -89,7 +90,7 @@ def train(root: Path, name: str, budgets, engine: str, resume: bool = False, cal
     record = {"engine": trainer.engine, "branch_restore": trainer.branch_restore, "world_size": trainer.args.world_size,
               "train_starts": len(starts), "partitioned": partitioned(trainer)}
     if trainer.is_world_process_zero():
-        (root / name / "driver.json").write_text(json.dumps(record))
+        (root / name / f"driver-{PHASE}.json").write_text(json.dumps(record))
     return trainer
 
 
@@ -109,8 +110,8 @@ def main() -> None:
     parser.add_argument("--push", help="publish the streamed run's budgets to this repo (HF_ENDPOINT, HF_TOKEN)")
     parser.add_argument("--gpu", action="store_true", help="train on the GPU (tests/test_gpu.py)")
     cli = parser.parse_args()
-    global GPU
-    GPU = cli.gpu
+    global GPU, PHASE
+    GPU, PHASE = cli.gpu, cli.phase
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     root, engine = cli.root, cli.engine
     if cli.phase == "machines":

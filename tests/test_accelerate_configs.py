@@ -1,4 +1,5 @@
-"""Every shipped accelerate config parses the way `accelerate launch` parses it (FSDP/DeepSpeed need GPUs to run)."""
+"""Every shipped accelerate config parses the way `accelerate launch` parses it (tests/test_sharded.py runs the FSDP
+and DeepSpeed ones on two CPU processes)."""
 
 from __future__ import annotations
 

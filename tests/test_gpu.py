@@ -76,7 +76,7 @@ def test_sharded_engines_write_budgets_branch_and_resume(tmp_path, engine, confi
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
     import json
 
-    ran = json.loads((tmp_path / "memory" / "driver.json").read_text())
+    ran = json.loads((tmp_path / "memory" / "driver-first.json").read_text())
     assert ran["engine"] == {"fsdp2": "FSDP2", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}[engine]
     assert ran["branch_restore"] == ("device" if engine == "fsdp2" else "checkpoint")
     pairs = [("memory", "alone", 20), ("memory", "killed", 10), ("memory", "killed", 20), ("memory", "alone30", 30)]

@@ -63,8 +63,8 @@ def budget_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(budget_folder(run_dir, step) / "model.safetensors")
 
 
-def record(run_dir: Path) -> dict:
-    return json.loads((run_dir / "driver.json").read_text())
+def record(run_dir: Path, phase: str = "first") -> dict:
+    return json.loads((run_dir / f"driver-{phase}.json").read_text())
 
 
 def heldout_loss(run_dir: Path, step: int) -> float:
@@ -188,7 +188,7 @@ def test_fsdp2_and_zero2_budgets_equal_ddps(sharded, two_machines):
 def test_two_machines_train_one_run_with_one_publisher_and_per_rank_data_state(two_machines):
     root, outputs, commits = two_machines
     for name in ("ddp", "stream"):
-        assert record(root / name)["engine"] == "DDP" and record(root / name)["world_size"] == 2
+        assert record(root / name, "machines")["engine"] == "DDP" and record(root / name, "machines")["world_size"] == 2
     assert sum(out.count("Distributed engine: DDP over 2 process(es)") for out in (o[1] for o in outputs)) == 4
     assert commits == {name: 1 for name in commits}  # one publisher: one commit per budget branch
     budgets = sorted(p.name for p in (root / "stream" / "budgets").iterdir() if p.name.startswith("step"))
