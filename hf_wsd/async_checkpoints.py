@@ -215,9 +215,9 @@ class AsyncCheckpointWriter:
                 torch.save(trainer.lr_scheduler.state_dict(), tmp / SCHEDULER_FILE)
             trainer._save_scaler(str(tmp))
             trainer._save_rng_state(str(tmp))
-        if not args.should_save:  # this rank's own parts (the main process writes the others)
-            save_parts({name: _Copied(self._buffers.copy(trees[f"parts/{name}"], f"parts/{name}"), per_rank[name])
-                        for name in parts}, tmp, args.process_index, False)
+        if not args.should_save:  # this rank's own parts, small (data positions): written now
+            save_parts({name: _Copied(trees[f"parts/{name}"], True) for name in parts if per_rank[name]}, tmp,
+                       args.process_index, False)
         trainer_state = None
         if args.should_save:  # the text TrainerState.save_to_json writes, as the state is now
             _update_stateful_callbacks(trainer)
