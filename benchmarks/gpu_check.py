@@ -5,6 +5,7 @@
 1. Throughput of the ~124M Llama of recipes/llama-124m in bf16: WSDTrainer (throughput/MFU logging on) vs
    Trainer(lr_scheduler_type="warmup_stable_decay"), interleaved; median update time, tokens/s and MFU.
 2. A WSD branch switch at that size: in memory vs the checkpoint path (benchmarks/branch_switch.py).
+3. A checkpoint every 10 updates at that size: background vs synchronous vs none (benchmarks/checkpoint_cost.py).
 
 Random token blocks (no tokenizer, no corpus): this measures the training step, not the data.
 """
@@ -92,6 +93,10 @@ def main() -> None:
     import branch_switch
 
     branch_switch.main(["--sizes", "124M", "--rounds", "1", "--budget", "60", "--cuda"])
+
+    import checkpoint_cost
+
+    checkpoint_cost.main(["--sizes", "124M", "--rounds", "1", "--cuda"])
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """Checkpoints of the main branch written off the critical path, crash-safe (``async_checkpoints``).
 
-At a save (branch points, in-line budgets, ``save_steps``) training stops only to copy the state: the model's and
-the optimizer's tensors into host buffers (pinned on a GPU, reused from one save to the next), the small files —
-LR scheduler, gradient scaler, RNG states, ``trainer_state.json`` — written at once by the Trainer's own methods.
-A background thread then writes the rest of the files the Trainer writes (``save_pretrained`` weights, config,
-tokenizer, ``training_args.bin``, ``optimizer.pt``, hf_wsd's ``wsd_state/``) into ``.tmp-checkpoint-N/``, syncs
-them to disk and renames the folder to ``checkpoint-N``. So:
+At a save (branch points, in-line budgets, ``save_steps``) training stops only to capture the state: references to
+the model's and the optimizer's tensors (and hf_wsd's stateful parts), copies of everything else (LR in the
+optimizer's groups, data positions, ``trainer_state.json``'s text), and the small files — LR scheduler, gradient
+scaler, RNG states — written at once by the Trainer's own methods. A background thread then copies the tensors into
+host buffers (pinned and on a side stream on a GPU; reused from one save to the next) while the next update's
+forward and backward run — they only read them, and the optimizer's next step waits for the copy (a step pre-hook:
+it is what changes them) — and writes the rest of the files the Trainer writes (``save_pretrained`` weights,
+config, tokenizer, ``training_args.bin``, ``optimizer.pt``, hf_wsd's ``wsd_state/``) into ``.tmp-checkpoint-N/``,
+syncs them to disk and renames the folder to ``checkpoint-N``. The files are bitwise those of a synchronous save.
+So:
 
 - a kill mid-write leaves a hidden ``.tmp-checkpoint-N`` that no resume reads (:func:`hf_wsd.runs.checkpoints`
   and the Trainer's ``get_last_checkpoint`` only see ``checkpoint-N``): the previous checkpoint is the resume point;
@@ -18,6 +22,8 @@ them to disk and renames the folder to ``checkpoint-N``. So:
 
 Under FSDP and DeepSpeed (sharded state, written by their own collective savers) and with best-model tracking
 (``load_best_model_at_end`` / ``metric_for_best_model``), checkpoints stay synchronous: :func:`sync_reason` says why.
+Optimizers that step inside the backward pass (``*_layerwise``, LOMO) get the copy before training goes on.
+Callbacks' ``on_save`` runs when the state is captured; the folder appears when its write is done.
 """
 
 from __future__ import annotations
@@ -84,21 +90,43 @@ def remove_leftovers(run_dir: str | Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------- host copies
+def detached(tree: Any) -> Any:
+    """``tree`` with its containers rebuilt and its non-tensor leaves copied, its tensors still the live ones: what a
+    save must capture at once (an LR in ``param_groups``, a data position), leaving the tensors to copy later."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach()
+    if isinstance(tree, dict):
+        return type(tree)((key, detached(value)) for key, value in tree.items())
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(detached(value) for value in tree)
+    return copy.deepcopy(tree)
+
+
 class HostBuffers:
     """Host copies of state tensors, reused from one save to the next (a write finishes before the next copy).
 
     Tensors that share storage (tied weights) stay shared in the copy, so ``save_pretrained`` sees the ties.
-    On a GPU the buffers are pinned and the copies asynchronous, synchronised once per save.
+    On a GPU the buffers are pinned and the copies run on a side stream, after the work queued before the save.
     """
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
+        self._stream = None
 
-    def copy(self, tree: Any, prefix: str) -> Any:
+    def copy(self, tree: Any, prefix: str, after: tuple[Any, int] | None = None) -> Any:
+        """Host copies of the tensors in ``tree`` (a :func:`detached` tree); ``after``: ``(CUDA event, device)``, the
+        copies wait for the event (recorded where the state was captured)."""
         aliases: dict[tuple, torch.Tensor] = {}
-        copied = self._copy(tree, prefix, aliases)
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
+        if after is None:
+            return self._copy(tree, prefix, aliases)
+        event, device = after
+        with torch.cuda.device(device):
+            if self._stream is None:
+                self._stream = torch.cuda.Stream()
+            with torch.cuda.stream(self._stream):
+                self._stream.wait_event(event)
+                copied = self._copy(tree, prefix, aliases)
+            self._stream.synchronize()
         return copied
 
     def _copy(self, value: Any, key: str, aliases: dict) -> Any:
@@ -140,6 +168,9 @@ class AsyncCheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._buffers = HostBuffers()
+        self._copied = threading.Event()  # the state of the write in flight is in host memory
+        self._copied.set()
+        self._guarded: set[int] = set()  # optimizers whose step waits for the copy
         self.pending: Path | None = None  # the checkpoint folder being written, until it is in place
         self.sync_reason: str | None = None  # why this run's saves are synchronous ("": they are not)
 
@@ -170,20 +201,23 @@ class AsyncCheckpointWriter:
         if getattr(trainer, "hp_search_backend", None) is None and trial is None:
             trainer.store_flos()
 
-        # The large tensors: host copies, written by the thread. The small files: written now, by the Trainer.
-        model_state = self._buffers.copy(trainer.model.state_dict(), "model") if args.should_save else None
-        optimizer_state = self._buffers.copy(trainer.optimizer.state_dict(), "optimizer") if args.should_save else None
-        copied = {name: _Copied(self._buffers.copy(part.state_dict(), f"parts/{name}"), getattr(part, "per_rank", True))
-                  for name, part in parts.items()}
+        # The large tensors: captured now, copied to host memory by the thread while the next update's forward and
+        # backward run (they only read them); the next optimizer step waits for the copy. The small files: now.
+        trees: dict[str, Any] = {}
+        if args.should_save:
+            trees["model"] = detached(trainer.model.state_dict())
+            if not args.save_only_model:
+                trees["optimizer"] = detached(trainer.optimizer.state_dict())
+        per_rank = {name: getattr(part, "per_rank", True) for name, part in parts.items()}
+        trees.update({f"parts/{name}": detached(part.state_dict()) for name, part in parts.items()})
         if not args.save_only_model:
             if args.should_save:
                 torch.save(trainer.lr_scheduler.state_dict(), tmp / SCHEDULER_FILE)
             trainer._save_scaler(str(tmp))
             trainer._save_rng_state(str(tmp))
-        else:
-            optimizer_state = None
-        if not args.should_save:
-            save_parts(copied, tmp, args.process_index, False)  # this rank's own parts (the main one writes its own)
+        if not args.should_save:  # this rank's own parts, small (data positions): written now
+            save_parts({name: _Copied(trees[f"parts/{name}"], True) for name in parts if per_rank[name]}, tmp,
+                       args.process_index, False)
         trainer_state = None
         if args.should_save:  # the text TrainerState.save_to_json writes, as the state is now
             _update_stateful_callbacks(trainer)
@@ -193,11 +227,21 @@ class AsyncCheckpointWriter:
             self.pending = final
             return
 
+        after = None
+        if any(t.is_cuda for t in _tensors(trees)):
+            after = (torch.cuda.Event(), torch.cuda.current_device())
+            after[0].record()  # the copies start once the update that produced the state is done on the device
+
         def write() -> None:
-            write_model(trainer, tmp, model_state)
-            if optimizer_state is not None:
-                torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
-            save_parts(copied, tmp, args.process_index, True)
+            try:
+                copied = {key: self._buffers.copy(tree, key, after) for key, tree in trees.items()}
+            finally:
+                self._copied.set()
+            write_model(trainer, tmp, copied["model"])
+            if "optimizer" in copied:
+                torch.save(copied["optimizer"], tmp / OPTIMIZER_FILE)
+            save_parts({name: _Copied(copied[f"parts/{name}"], per_rank[name]) for name in parts}, tmp,
+                       args.process_index, True)
             # trainer_state.json last: a folder without it is never taken for a checkpoint, even once renamed.
             (tmp / TRAINER_STATE_FILE).write_text(trainer_state, encoding="utf-8")
             put_in_place(tmp, final)
@@ -205,9 +249,24 @@ class AsyncCheckpointWriter:
 
         best_model_checkpoint = trainer.state.best_model_checkpoint
         self.pending, self._error = final, None
+        self._copied.clear()
         self._thread = threading.Thread(target=self._run, args=(write, final), name=f"hf_wsd-save-{final.name}",
                                         daemon=True)
         self._thread.start()
+        if not self._guard_optimizer_step(trainer):
+            self._copied.wait()  # nothing tells us when the state changes next: copy before training goes on
+
+    def _guard_optimizer_step(self, trainer: "Trainer") -> bool:
+        """Make the optimizer's next step wait for the host copy (the step is what changes the copied tensors)."""
+        optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
+        if "layerwise" in str(trainer.args.optim) or "lomo" in str(trainer.args.optim):
+            return False  # these step inside the backward pass
+        if not hasattr(optimizer, "register_step_pre_hook"):
+            return False
+        if id(optimizer) not in self._guarded:
+            optimizer.register_step_pre_hook(lambda *_: self._copied.wait() and None)
+            self._guarded.add(id(optimizer))
+        return True
 
     def _run(self, write: Callable[[], None], final: Path) -> None:
         try:
@@ -243,6 +302,17 @@ class AsyncCheckpointWriter:
             self.wait(raise_errors=False)
             raise
         self.wait(trainer)
+
+
+def _tensors(tree: Any) -> Iterator[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            yield from _tensors(value)
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            yield from _tensors(value)
 
 
 def write_model(trainer: "Trainer", folder: Path, state_dict: dict | None) -> None:

@@ -159,8 +159,9 @@ class WSDArguments:
             a budget is refused as a likely token count.
         async_checkpoints (`bool`, *optional*, defaults to `True`):
             Write the main branch's resumable checkpoints (branch points, in-line budgets, `save_steps`) off the
-            critical path: training stops only to copy the model, optimizer and the rest of the state into host
-            memory (reused buffers: one extra copy of model + optimizer in RAM); a background thread writes the
+            critical path: training stops only to capture the state; a background thread copies the model and
+            optimizer tensors into host memory while the next update's forward and backward run (its optimizer step
+            waits for the copy; the buffers are reused: one extra copy of model + optimizer in RAM), writes the
             Trainer's usual files into a hidden `.tmp-checkpoint-N/`, syncs them and renames it to `checkpoint-N`.
             A kill mid-write leaves the previous checkpoint as the resume point. `train()` returns once the last
             write is on disk; a failed write is raised. Synchronous under FSDP / DeepSpeed (sharded, collective
@@ -348,8 +349,8 @@ class WSDArguments:
     # ---- checkpoints off the critical path (hf_wsd/async_checkpoints.py)
     async_checkpoints: bool = field(
         default=True,
-        metadata={"help": "Write the main branch's checkpoints in a background thread (training pauses only to copy "
-                          "the state to host memory); crash-safe: a checkpoint appears only once complete. "
+        metadata={"help": "Write the main branch's checkpoints in a background thread (training pauses only to capture "
+                          "the state); crash-safe: a checkpoint appears only once complete. "
                           "Synchronous under FSDP / DeepSpeed and with best-model tracking."},
     )
     overwrite_output_dir: bool = field(

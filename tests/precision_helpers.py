@@ -3,7 +3,7 @@
 Run as a script it is the tiny run that the mid-write kill tests SIGKILL:
 
     python tests/precision_helpers.py OUTPUT_DIR --budgets 20 40 --schedule wsd-s --save-steps 10 \
-        [--kill-at 22] [--slow-write-step 20] [--bf16] [--compile]
+        [--kill-at 22] [--slow-write-step 20] [--bf16] [--compile] [--gpu]
 
 ``--slow-write-step N`` makes the background writer of ``checkpoint-N`` stop for a minute after the model's files
 (before ``optimizer.pt`` and ``trainer_state.json``): a kill then lands in the middle of that write.
@@ -48,9 +48,11 @@ if __name__ == "__main__":
     parser.add_argument("--slow-write-step", type=int)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--gpu", action="store_true", help="train on the GPU in bf16 with deterministic kernels")
     cli = parser.parse_args()
     if cli.slow_write_step is not None:
         slow_write(cli.slow_write_step)
     callbacks = [KillAt(cli.kill_at)] if cli.kill_at is not None else []
-    tiny_trainer(cli.output_dir, cli.budgets, cli.schedule, callbacks, save_steps=cli.save_steps, bf16=cli.bf16,
-                 torch_compile=cli.compile).train()
+    device = dict(use_cpu=False, full_determinism=True) if cli.gpu else {}
+    tiny_trainer(cli.output_dir, cli.budgets, cli.schedule, callbacks, save_steps=cli.save_steps,
+                 bf16=cli.bf16 or cli.gpu, torch_compile=cli.compile, **device).train()

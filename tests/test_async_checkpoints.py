@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,7 +32,16 @@ def trainer_state_without_timings(path: Path) -> dict:
     return state
 
 
-def test_background_checkpoints_hold_the_files_of_synchronous_ones_bitwise(tmp_path, caplog):
+def test_background_checkpoints_hold_the_files_of_synchronous_ones_bitwise(tmp_path, caplog, monkeypatch):
+    # The host copy runs while the next update's forward and backward do; slowed, so that its optimizer step
+    # surely has to wait for it (a copy taken after that step would hold the next update's weights).
+    copy = async_checkpoints.HostBuffers.copy
+
+    def slowed(self, *args, **kwargs):
+        time.sleep(0.2)
+        return copy(self, *args, **kwargs)
+
+    monkeypatch.setattr(async_checkpoints.HostBuffers, "copy", slowed)
     # A WSD run with an EMA: branch point, in-line budget, save_steps and hf_wsd's wsd_state/ parts.
     for mode in (True, False):
         with caplog.at_level("INFO", logger="hf_wsd"):
