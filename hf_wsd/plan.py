@@ -46,6 +46,7 @@ def parse_quantity(value: BudgetValue, field: str = "budgets") -> float:
 
 
 MAX_UPDATES = 10**8  # past any real run (the largest published runs take ~10^6 updates): a typo, not a plan
+MAX_TOKENS = 10**15  # likewise (the largest published runs train on ~4·10^13 tokens)
 
 
 def check_step_suffixes(values, allowed: bool, field: str, confirm: str) -> None:
@@ -199,7 +200,13 @@ class BudgetPlan:
                 if number != int(number):
                     raise ValueError(f"step budgets must be whole updates; got {value!r} in `budgets`.")
                 step = int(number)
-            if step > MAX_UPDATES:
+            if self.budget_unit == "tokens" and number > MAX_TOKENS:
+                raise ValueError(
+                    f"budget {value!r} is {number:,.0f} tokens, past any sane horizon ({MAX_TOKENS:,.0f} tokens): "
+                    "check the number and its unit in `budgets`."
+                )
+            # (A config checks token budgets early with a stand-in of 1 token per update: no update horizon then.)
+            if step > MAX_UPDATES and (self.budget_unit == "steps" or self.tokens_per_update > 1):
                 raise ValueError(
                     f"budget {value!r} is {step:,} updates, past any sane horizon ({MAX_UPDATES:,} updates): check "
                     "the number and its unit in `budgets`."

@@ -66,6 +66,10 @@ def test_budgets_past_any_sane_horizon_and_step_budgets_with_token_suffixes_are_
 
     with pytest.raises(ValueError, match="past any sane horizon"):
         BudgetPlan(["1000", "1e12"])
+    with pytest.raises(ValueError, match=r"past any sane horizon \(1,000,000,000,000,000 tokens"):
+        BudgetPlan(["1e16"], budget_unit="tokens", tokens_per_update=2**20)
+    with pytest.raises(ValueError, match=r"past any sane horizon \(100,000,000 updates"):
+        BudgetPlan(["1e12"], budget_unit="tokens", tokens_per_update=64)
     with pytest.raises(ValueError, match=r"'20K'.*20,000 updates.*budget_unit='tokens'.*allow_step_suffixes=True"):
         tiny_trainer(tmp_path, ("20K",))
     assert tiny_trainer(tmp_path, ("1K",), allow_step_suffixes=True).plan.total_steps == 1000

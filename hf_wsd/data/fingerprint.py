@@ -3,9 +3,10 @@
 A resume on other data silently trains on another order (rows of earlier updates trained again, others never):
 the resume refuses it unless ``allow_data_change=True``. The fingerprint of a training set:
 
-- a prepared dataset (``datasets.Dataset`` memory-mapped from the prepared cache): its ``datasets`` fingerprint and,
-  for each Arrow file under it, its path, size and a sampled content digest (:func:`sampled_digest`); the prepared
-  folder's name already carries the corpus key, so a corpus that gained or changed a shard is another folder;
+- a ``datasets.Dataset`` (a prepared dataset memory-mapped from the prepared cache, or any other): for each Arrow file
+  under it, its path, size and a sampled content digest (:func:`sampled_digest`), plus its length and three rows;
+  the prepared folder's name already carries the corpus key, so a corpus that gained or changed a shard is another
+  folder;
 - a token folder (:class:`~hf_wsd.data.token_folder.TokenBlocks`): each token file's path, size and sampled digest;
 - a stream: the corpus fingerprint its source recorded (:data:`FINGERPRINT_ATTR`);
 - any other dataset: ``hf_wsd_fingerprint`` if it has one, else it is not checked.
@@ -56,12 +57,26 @@ def data_record(dataset: Any) -> dict | None:
         files = _files_record(dataset.paths)
         payload = [files, dataset.dtype, dataset.block_size]
         return {"kind": "token folder", "fingerprint": _sha(payload), "files": files}
-    fingerprint = getattr(dataset, "_fingerprint", None)
-    if fingerprint is None:
+    if not hasattr(dataset, "cache_files") or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         return None
-    cache_files = [c["filename"] for c in getattr(dataset, "cache_files", None) or [] if Path(c["filename"]).is_file()]
+    # Not ``datasets``' own ``_fingerprint``: a transform it cannot hash gets a random one, which would refuse every
+    # resume. The Arrow files under the dataset and three rows (first, middle, last: an index mapping is seen) instead.
+    cache_files = [c["filename"] for c in dataset.cache_files or [] if Path(c["filename"]).is_file()]
     files = _files_record(cache_files) if cache_files else None
-    return {"kind": "datasets", "fingerprint": _sha([fingerprint, files]), "files": files}
+    size = len(dataset)
+    rows = [_plain(dataset[i]) for i in sorted({0, size // 2, size - 1})] if size else []
+    return {"kind": "datasets", "fingerprint": _sha([files, size, rows]), "files": files}
+
+
+def _plain(value):
+    """A row as JSON-able values (numpy arrays and tensors as lists)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in sorted(value.items())}
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
 def _sha(payload) -> str:
