@@ -160,3 +160,11 @@ def test_bands_cover_the_known_law_on_synthetic_logs_and_shrink_as_the_log_grows
     coverage = np.mean(inside)
     assert 0.75 <= coverage <= 1.0, coverage
     assert np.median(widths[400]) < np.median(widths[200]) and max(widths[400]) < MAX_BAND_WIDTH
+
+
+def test_the_same_log_gives_the_same_forecast_and_band(runaway):
+    """The bootstrap is seeded: a card rendered twice shows the same numbers."""
+    again = ScheduleForecaster(law_log(RUNAWAY, 400, noise=0.005), "momentum")
+    lr = schedule_lr("cosine", 800)
+    first, second = runaway.predict(lr, 780, 800, refuse=False), again.predict(lr, 780, 800, refuse=False)
+    assert (first.predicted, first.low, first.high) == (second.predicted, second.low, second.high)
