@@ -167,7 +167,9 @@ def test_sigkill_then_resume_with_8bit_adamw_equals_the_uninterrupted_run(bnb_ru
                "--save-steps", "3"]
     killed = subprocess.run(command, capture_output=True)  # killed inside the branch of budget 6 (updates 5-6)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
-    assert not budget_dirs(out) and (out / "checkpoint-4").is_dir()  # the branch point of budget 6
+    # The branch point of budget 6 (checkpoint-4) is written in the background: a kill may find it still in flight,
+    # and the resume then starts from checkpoint-3. Either way it ends bitwise equal to the uninterrupted run.
+    assert not budget_dirs(out) and any((out / f"checkpoint-{step}").is_dir() for step in (3, 4))
 
     bnb_trainer(out, BUDGETS, kind, save_steps=3).train(resume_from_checkpoint=True)  # a fresh optimizer and adapter
 

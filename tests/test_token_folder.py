@@ -136,6 +136,8 @@ def test_prepare_command_writes_a_token_folder_and_reports_tokens_per_second(tmp
                 tiny_tokenizer().name_or_path,
                 "--heldout-fraction",
                 str(FRACTION),
+                "--seed",
+                "0",  # the reference split's seed (the command's default is the recipes' 42)
                 "--cache-dir",
                 str(tmp_path / "cache"),
             ]
