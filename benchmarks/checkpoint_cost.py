@@ -10,9 +10,12 @@ trainer carries no timers:
 - window: wall time from the end of update 5 to the end of update 45 — 40 updates and the checkpoints of updates 10,
   20, 30 and 40 (each save runs after its update's ``on_step_end``, so it falls inside the window; a background write
   still in flight at update 45 is not, which is at most the last of four);
-- stall per save: from a saving update's ``on_step_end`` to its ``on_save`` (what the training loop waits for).
+- stall per save: from a saving update's ``on_step_end`` to its ``on_save`` (what the training loop waits for);
+- the update after each save (where a background copy and write overlap training) against the run's median update.
 
-Reports the window per update and its ratio to no checkpoints (the goal: async ≤ 1.05×), and the median stall.
+Reports the window per update and its ratio to no checkpoints (the goal: async ≤ 1.05×), the median stall, and the
+cost per update within each run: (stall + the after-save update's excess over the median) / 10, as a share of the
+median update. On a shared machine the windows drift with the load; this within-run figure does not.
 """
 
 from __future__ import annotations
@@ -43,11 +46,17 @@ class WindowTimer(TrainerCallback):
     """The window's wall time and the stall of each save (see the module docstring)."""
 
     def __init__(self):
-        self.start = self.end = self._step_end = None
+        self.start = self.end = self._step_end = self._step_begin = None
         self.stalls: list[float] = []
+        self.updates: dict[int, float] = {}  # update → seconds from on_step_begin to on_step_end
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_begin = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         now = self._step_end = time.perf_counter()
+        if FIRST < state.global_step <= LAST:
+            self.updates[state.global_step] = now - self._step_begin
         if state.global_step == FIRST:
             self.start = now
         elif state.global_step == LAST:
@@ -60,6 +69,13 @@ class WindowTimer(TrainerCallback):
     @property
     def window(self) -> float:
         return self.end - self.start
+
+    def cost_per_update(self) -> float:
+        """(median stall + mean excess of the update after a save over the median update) / EVERY / median update."""
+        after = [t for step, t in self.updates.items() if step % EVERY == 1]
+        median = statistics.median(t for step, t in self.updates.items() if step % EVERY != 1)
+        stall = statistics.median(self.stalls) if self.stalls else 0.0
+        return (stall + statistics.mean(after) - median) / EVERY / median
 
 
 def model(size: str) -> LlamaForCausalLM:
@@ -95,7 +111,8 @@ def main(argv=None) -> None:
     where = torch.cuda.get_device_name() if cli.cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"WSD-S to update {BUDGET}, window updates {FIRST}–{LAST} with a checkpoint every {EVERY}, batch "
           f"{BATCH}×{SEQ}, {where}, {cli.rounds} interleaved rounds")
-    print(f"{'size':<5} {'mode':<6} {'params':>8} {'s / update':>11} {'vs none':>8} {'stall / save s':>15}")
+    print(f"{'size':<5} {'mode':<6} {'params':>8} {'s / update':>11} {'vs none':>8} {'stall / save s':>15} "
+          f"{'cost / update (within run)':>27}")
     order = list(MODES)
     for size in cli.sizes:
         results: dict[str, list[WindowTimer]] = {mode: [] for mode in MODES}
@@ -108,8 +125,9 @@ def main(argv=None) -> None:
         for mode, timers in results.items():
             stalls = [s for t in timers for s in t.stalls]
             stall = f"{statistics.median(stalls):>15.3f}" if stalls else f"{'–':>15}"
+            cost = statistics.median(t.cost_per_update() for t in timers)
             print(f"{size:<5} {mode:<6} {params / 1e6:>7.1f}M {per_update[mode]:>11.3f} "
-                  f"{per_update[mode] / per_update['none']:>7.3f}× {stall}")
+                  f"{per_update[mode] / per_update['none']:>7.3f}× {stall} {cost * 100:>26.2f}%")
 
 
 if __name__ == "__main__":

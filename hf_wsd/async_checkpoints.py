@@ -22,7 +22,8 @@ So:
 
 Under FSDP and DeepSpeed (sharded state, written by their own collective savers) and with best-model tracking
 (``load_best_model_at_end`` / ``metric_for_best_model``), checkpoints stay synchronous: :func:`sync_reason` says why.
-Optimizers that step inside the backward pass (``*_layerwise``, LOMO) get the copy before training goes on.
+Optimizers that step inside the backward pass (``*_layerwise``, LOMO) or swap the weights for evaluation
+(schedule-free) get the copy before training goes on.
 Callbacks' ``on_save`` runs when the state is captured; the folder appears when its write is done.
 """
 
@@ -261,6 +262,8 @@ class AsyncCheckpointWriter:
         optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
         if "layerwise" in str(trainer.args.optim) or "lomo" in str(trainer.args.optim):
             return False  # these step inside the backward pass
+        if callable(getattr(optimizer, "eval", None)):
+            return False  # schedule-free optimizers swap the weights in place for evaluation (optimizer.eval())
         if not hasattr(optimizer, "register_step_pre_hook"):
             return False
         if id(optimizer) not in self._guarded:

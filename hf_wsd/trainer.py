@@ -380,7 +380,7 @@ class WSDMixin:
         with self._paused():
             # hf_wsd's own state goes in before the Trainer's files: their trainer_state.json marks it complete.
             if self.checkpoint_writer.save(self, self._stateful_parts(), save_state_parts, *args, **kwargs):
-                return  # copied now, written in the background
+                return  # captured now, copied and written in the background (async_checkpoints)
             folder = runs.checkpoint_folder(self._get_output_dir(trial=None), self.state.global_step)
             save_state_parts(self._stateful_parts(), folder, self.args.process_index, self.args.should_save)
             super()._save_checkpoint(*args, **kwargs)
