@@ -12,12 +12,11 @@ Under FSDP2 each rank keeps only its own shards: the local tensors of its DTenso
 (``DTensor.to_local()``), restored in place — the sharded storage FSDP all-gathers from is never replaced, so no
 re-wrapping and no communication. Under DeepSpeed ZeRO-1/2/3 each rank keeps its own partitions from inside the
 ZeRO optimizer — the flat fp32 master partitions, the base optimizer's state for them, the 16-bit parameters the
-model computes with (ZeRO-1/2: the whole flat buffers; ZeRO-3: this rank's flat partition and the persistent
-parameters) — and the engine's step counters, copied back into the same storage: no checkpoint read, no new
-engine. FSDP1 and ZeRO with NVMe optimizer offload keep the checkpoint path (save at the branch point, restart
-``train()`` from it).
+model computes with (ZeRO-1/2: the whole flat buffers; ZeRO-3: this rank's flat partitions) — and the engine's step
+counters, copied back into the same storage: no checkpoint read, no new engine. FSDP1, ZeRO with NVMe offload and
+DeepSpeed without a ZeRO optimizer keep the checkpoint path (save at the branch point, restart ``train()`` from it).
 
-:func:`choose_branch_restore` picks how: the checkpoint path under FSDP1 and ZeRO's NVMe offload; otherwise (FSDP2
+:func:`choose_branch_restore` picks how: the checkpoint path under FSDP1 and those DeepSpeed runs; otherwise (FSDP2
 and ZeRO included) a device copy when the device has room for it, else host memory, else the checkpoint path.
 """
 
@@ -117,8 +116,14 @@ def snapshot_bytes(trainer: "Trainer") -> int:
 
 
 def _reshard(trainer: "Trainer") -> None:
-    """FSDP2: put every module back in its sharded state. A forward outside training (the budget's evaluation) can
-    leave modules holding unsharded parameters, and the shards are what the snapshot keeps and restores."""
+    """FSDP2 and ZeRO-3: put every parameter back in its partitioned state. A forward outside training (the budget's
+    evaluation, the gather that writes it) can leave whole parameters behind, which the next forward would use as
+    they are, and the partitions are what the snapshot keeps and restores. ZeRO-3's persistent parameters are
+    gathered again, from the restored partitions, by the next forward."""
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        if _zero_optimizer(trainer)[1] == 3:
+            _zero_engine(trainer).optimizer.parameter_offload.empty_partition_cache()
+        return
     if not in_place_only(trainer):
         return
     from torch.distributed.fsdp import FSDPModule
@@ -306,13 +311,13 @@ def _zero_unsupported(trainer: "Trainer") -> str | None:
 def _zero_state(trainer: "Trainer") -> dict:
     """Live references to what makes this rank's ZeRO state (copy before keeping): the fp32 master partitions, the
     base optimizer's state for each (it is keyed by them) and its groups' hyperparameters, the 16-bit weights (ZeRO-1/2:
-    the whole flat buffers the model's parameters view; ZeRO-3: this rank's flat partitions and the persistent
-    parameters, whole on every rank), loss-scaling flags and the engine's step counters."""
+    the whole flat buffers the model's parameters view; ZeRO-3: this rank's flat partitions, which its parameters'
+    ``ds_tensor`` view), loss-scaling flags and the engine's step counters."""
     engine = _zero_engine(trainer)
     optimizer, stage = _zero_optimizer(trainer)
     if stage == 3:
         fp32 = list(optimizer.fp32_partitioned_groups_flat)
-        bit16 = list(optimizer.fp16_partitioned_groups_flat) + [p.data for p in optimizer.persistent_parameters]
+        bit16 = list(optimizer.fp16_partitioned_groups_flat)
     else:
         fp32, bit16 = list(optimizer.single_partition_of_fp32_groups), list(optimizer.bit16_groups_flat)
     base = optimizer.optimizer
