@@ -3,6 +3,8 @@
     python benchmarks/branch_switch.py [--sizes 5M 50M] [--rounds 2]
     HF_WSD_CPU_FSDP=1 accelerate launch --config_file recipes/accelerate_configs/fsdp.yaml --num_processes 2 \
         --mixed_precision no benchmarks/branch_switch.py --sizes 5M --budget 40     # FSDP2 on 2 CPU processes
+    accelerate launch --config_file recipes/accelerate_configs/deepspeed_zero2.yaml --num_processes 2 \
+        --mixed_precision no benchmarks/branch_switch.py --sizes 5M --budget 40     # ZeRO-2 (or zero3.yaml)
 
 A WSD run with budgets [B/2, B] (one side branch, decaying over 10 % of its budget) is trained with
 ``branch_restore="device"`` (in memory) and ``"checkpoint"`` (save at the branch point, restart ``train()``),
@@ -17,7 +19,7 @@ interleaved, for each model size. Measured with callbacks, so the trainer carrie
 Reports seconds per switch, the switch as a share of this branch's compute, and the smallest budget for which a
 branch decaying 10 % of it pays at most 1 % for its switch (the goal): ``switch / (0.01 × 0.1 × update time)``.
 The switch costs the same whatever the branch's length, so its share falls as budgets grow. Under a launch (FSDP2,
-several processes) every rank trains in one shared folder and the main process prints.
+several processes, DeepSpeed) every rank trains in one shared folder and the main process prints.
 """
 
 from __future__ import annotations
@@ -87,15 +89,21 @@ def model(size: str) -> LlamaForCausalLM:
 
 def run(size: str, mode: str, budget: int, train: Dataset, cuda: bool = False) -> SwitchTimer:
     timer = SwitchTimer()
+    # DeepSpeed joins on CPU processes only with use_cpu=False and gloo (what the recipes set there)
+    device = {"use_cpu": False, "ddp_backend": None if cuda else "gloo"} if _deepspeed() else {"use_cpu": not cuda}
     with _shared_folder(f"{size}-{mode}") as out:
         args = WSDConfig(
             output_dir=out, budgets=[str(budget // 2), str(budget)], schedule="wsd", decay_fraction=0.1, warmup_steps=2,
             learning_rate=1e-3, per_device_train_batch_size=BATCH, logging_steps=10, save_steps=10**6, report_to="none",
-            budget_eval=False, use_cpu=not cuda, bf16=cuda, disable_tqdm=True, seed=0, branch_restore=mode,
+            budget_eval=False, **device, bf16=cuda, disable_tqdm=True, seed=0, branch_restore=mode,
             log_throughput=False,
         )
         WSDTrainer(model=model(size), args=args, train_dataset=train, callbacks=[timer]).train()
     return timer
+
+
+def _deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
 
 
 class _shared_folder:
@@ -132,7 +140,9 @@ def main(argv=None) -> None:
     where = torch.cuda.get_device_name() if cli.cuda else f"CPU ({torch.get_num_threads()} threads)"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
-        where += f", {world} processes ({'FSDP2' if os.environ.get('ACCELERATE_USE_FSDP') == 'true' else 'DDP'})"
+        engine = ("DeepSpeed " + os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "") if _deepspeed()
+                  else "FSDP2" if os.environ.get("ACCELERATE_USE_FSDP") == "true" else "DDP")
+        where += f", {world} processes ({engine})"
     show = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)
     show(f"WSD budgets [{cli.budget // 2}, {cli.budget}], one branch of {round(0.1 * cli.budget / 2)} updates, "
          f"batch {BATCH}×{SEQ}, {where}, {cli.rounds} interleaved rounds")

@@ -141,9 +141,9 @@ class WSDArguments:
         branch_restore (`str`, *optional*, defaults to `"auto"`):
             How a WSD side branch keeps the main branch: `"device"` (a copy where the tensors are), `"cpu"` (host
             memory), `"checkpoint"` (save at the branch point and restart `train()` from it) or `"auto"`
-            (checkpoint under DeepSpeed and FSDP1, else a device copy when it fits, else host memory; under FSDP2
-            each rank keeps its own shards). The main branch's resumable checkpoint at each branch point is written
-            in every mode.
+            (checkpoint under FSDP1 and DeepSpeed with NVMe offload, else a device copy when it fits, else host
+            memory; under FSDP2 each rank keeps its own shards, under DeepSpeed ZeRO-1/2/3 its own partitions). The
+            main branch's resumable checkpoint at each branch point is written in every mode.
         budget_request_steps (`int`, *optional*, defaults to `1`):
             Look for `hf-wsd budget add/remove` requests every this many updates on the main path (and when a
             launch starts). With several processes each look is one small broadcast from the main process.
@@ -303,7 +303,9 @@ class WSDArguments:
         default="auto",
         metadata={
             "help": (
-                "How WSD branches keep the main branch: in device memory, host memory, or a checkpoint + restart."
+                "How WSD branches keep the main branch: in device memory, host memory, or a checkpoint + restart "
+                "(auto: in memory when it fits, under FSDP2 and ZeRO each rank its own shards/partitions; "
+                "checkpoint under FSDP1 and DeepSpeed NVMe offload)."
             ), "choices": list(BRANCH_RESTORES),
         },
     )

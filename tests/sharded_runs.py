@@ -4,7 +4,7 @@
         tests/sharded_runs.py ROOT --engine fsdp2 --phase first      # then --phase second (after the SIGKILL)
 
 Phase ``first`` trains, under ``ROOT``: ``memory`` (WSD [10, 20], ``branch_restore="auto"``, budgets evaluated),
-for FSDP2 ``checkpoint`` (the same, from checkpoints), ``alone`` (WSD [20]), and last ``killed`` (WSD [10, 20],
+``checkpoint`` (the same, from checkpoints), ``alone`` (WSD [20]), and last ``killed`` (WSD [10, 20],
 SIGKILLed on every rank inside the branch of budget 20). Phase ``second`` resumes ``killed``, extends the finished
 ``memory`` run to [10, 20, 30] and trains ``alone30`` (WSD [30]). Phase ``machines`` (the two-"machine" DDP launch)
 trains ``ddp`` (WSD [10, 20], evaluated: the reference of the sharded engines) and ``stream`` (the same on a streamed
@@ -120,8 +120,7 @@ def main() -> None:
         train(root, "stream", (10, 20), engine, streaming=True, **push)
     elif cli.phase == "first":
         train(root, "memory", (10, 20), engine, evaluate=True)
-        if engine == "fsdp2":  # DeepSpeed's automatic choice is the checkpoint path already
-            train(root, "checkpoint", (10, 20), engine, branch_restore="checkpoint")
+        train(root, "checkpoint", (10, 20), engine, branch_restore="checkpoint")
         train(root, "alone", (20,), engine)
         train(root, "killed", (10, 20), engine, callbacks=[killer(KILL_AT)])
     else:

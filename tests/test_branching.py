@@ -58,11 +58,13 @@ def test_branches_in_memory_and_from_checkpoints_give_the_same_budgets(reference
     assert counter.starts == 1
 
 
-def fake_trainer(device: str = "cpu", fsdp: int | None = None, deepspeed: bool = False):
+def fake_trainer(device: str = "cpu", fsdp: int | None = None, deepspeed: SimpleNamespace | None = None):
+    """``deepspeed``: the engine (see :func:`zero_engine`)."""
     model = torch.nn.Linear(256, 256)  # 65,792 parameters: a snapshot of 263 KB (no optimizer state yet)
     plugin = SimpleNamespace(fsdp_version=fsdp) if fsdp else None
     return SimpleNamespace(model=model, optimizer=torch.optim.AdamW(model.parameters()), is_fsdp_enabled=bool(fsdp),
-                           is_deepspeed_enabled=deepspeed, args=SimpleNamespace(device=torch.device(device)),
+                           is_deepspeed_enabled=deepspeed is not None, deepspeed=deepspeed,
+                           model_wrapped=deepspeed or model, args=SimpleNamespace(device=torch.device(device)),
                            accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)))
 
 
@@ -70,8 +72,26 @@ def test_auto_keeps_the_main_branch_next_to_the_weights_on_the_cpu():
     assert branching.choose_branch_restore(fake_trainer(), "auto")[0] == "device"
 
 
-@pytest.mark.parametrize(("sharding", "engine"), [({"fsdp": 1}, "FSDP1"), ({"deepspeed": True}, "DeepSpeed")])
-def test_auto_restarts_from_checkpoints_under_fsdp1_and_deepspeed(sharding, engine):
+def zero_engine(stage: int = 2, nvme: bool = False) -> SimpleNamespace:
+    """A stand-in for a DeepSpeed engine with its ZeRO optimizer (the attributes hf_wsd reads; stage 0: none)."""
+    fp32, bit16 = torch.zeros(1000), torch.zeros(2000)  # this rank's fp32 partition; ZeRO-2: the whole 16-bit buffer
+    if stage == 0:
+        optimizer = torch.optim.AdamW([fp32])
+    elif stage == 3:
+        optimizer = SimpleNamespace(fp32_partitioned_groups_flat=[fp32], fp16_partitioned_groups_flat=[fp32[:500]],
+                                    optimizer=torch.optim.AdamW([fp32]), swap_optimizer=nvme)
+    else:
+        optimizer = SimpleNamespace(single_partition_of_fp32_groups=[fp32], bit16_groups_flat=[bit16],
+                                    partition_gradients=stage == 2, optimizer=torch.optim.AdamW([fp32]))
+    return SimpleNamespace(optimizer=optimizer, global_steps=0, skipped_steps=0)
+
+
+@pytest.mark.parametrize(("sharding", "engine"), [
+    ({"fsdp": 1}, "FSDP1"),
+    ({"deepspeed": zero_engine(stage=0)}, "DeepSpeed without a ZeRO optimizer"),
+    ({"deepspeed": zero_engine(stage=3, nvme=True)}, "ZeRO-3 with NVMe offload"),
+])
+def test_auto_restarts_from_checkpoints_under_fsdp1_and_deepspeed_state_out_of_reach(sharding, engine):
     trainer = fake_trainer(**sharding)
     mode, reason = branching.choose_branch_restore(trainer, "auto")
     assert mode == "checkpoint" and engine in reason
@@ -79,6 +99,16 @@ def test_auto_restarts_from_checkpoints_under_fsdp1_and_deepspeed(sharding, engi
         with pytest.raises(ValueError, match="`branch_restore`"):
             branching.choose_branch_restore(trainer, requested)
     assert branching.choose_branch_restore(trainer, "checkpoint")[0] == "checkpoint"
+
+
+@pytest.mark.parametrize(("stage", "partition_bytes"), [(1, 4 * 3000), (2, 4 * 3000), (3, 4 * 1500)])
+def test_auto_keeps_this_ranks_zero_partitions_in_memory(stage, partition_bytes):
+    """ZeRO-1/2/3 partitions are restored in place (tests/test_sharded.py runs ZeRO-2/3 on two processes)."""
+    trainer = fake_trainer(deepspeed=zero_engine(stage))
+    mode, reason = branching.choose_branch_restore(trainer, "auto")
+    assert mode == "device" and f"ZeRO-{stage} partitions" in reason
+    assert branching.snapshot_bytes(trainer) == partition_bytes  # fp32 partition + 16-bit weights, no Adam state yet
+    assert branching.choose_branch_restore(trainer, "cpu")[0] == "cpu"
 
 
 def test_auto_keeps_fsdp2_shards_in_memory():

@@ -64,7 +64,7 @@ def test_in_memory_branches_on_the_gpu_equal_the_checkpoint_path(tmp_path):
     ("fsdp2", "fsdp.yaml"), ("zero2", "deepspeed_zero2.yaml"), ("zero3", "deepspeed_zero3.yaml"),
 ])
 def test_sharded_engines_write_budgets_branch_and_resume(tmp_path, engine, config):
-    """tests/test_sharded.py's runs on one GPU (tests/sharded_runs.py --gpu): FSDP2 branches in memory = checkpoint
+    """tests/test_sharded.py's runs on one GPU (tests/sharded_runs.py --gpu): branches in memory = checkpoint
     path, [10, 20] ends like [20] alone, a SIGKILL inside a branch resumes, a finished run extends."""
     if engine.startswith("zero"):
         pytest.importorskip("deepspeed")
@@ -81,10 +81,9 @@ def test_sharded_engines_write_budgets_branch_and_resume(tmp_path, engine, confi
 
     ran = json.loads((tmp_path / "memory" / "driver-first.json").read_text())
     assert ran["engine"] == {"fsdp2": "FSDP2", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}[engine]
-    assert ran["branch_restore"] == ("device" if engine == "fsdp2" else "checkpoint")
-    pairs = [("memory", "alone", 20), ("memory", "killed", 10), ("memory", "killed", 20), ("memory", "alone30", 30)]
-    if engine == "fsdp2":
-        pairs += [("memory", "checkpoint", 10), ("memory", "checkpoint", 20)]
+    assert ran["branch_restore"] == "device"
+    pairs = [("memory", "alone", 20), ("memory", "killed", 10), ("memory", "killed", 20), ("memory", "alone30", 30),
+             ("memory", "checkpoint", 10), ("memory", "checkpoint", 20)]
     for a, b, step in pairs:  # deterministic kernels; sharded saves and restores may still pick other kernels
         ours, theirs = weights(tmp_path / a, step), weights(tmp_path / b, step)
         for name in theirs:

@@ -121,12 +121,11 @@ def test_each_engine_runs_as_launched_and_shards_what_it_should(sharded):
     assert memory["engine"] == ENGINE_NAME[engine] and memory["world_size"] == 2
     # ZeRO-3 partitions every parameter (stage3_param_persistence_threshold 0), FSDP2 shards them; ZeRO-2 keeps them.
     assert memory["partitioned"] == (engine != "zero2")
-    if engine == "fsdp2":  # each rank keeps its own shards in memory: no checkpoint restart of train()
-        assert (memory["branch_restore"], memory["train_starts"]) == ("device", 1)
-        assert (record(root / "checkpoint")["branch_restore"], record(root / "checkpoint")["train_starts"]) == (
-            "checkpoint", 2)
-    else:  # DeepSpeed: the branch point's checkpoint, train() restarted once (the branch of budget 10)
-        assert (memory["branch_restore"], memory["train_starts"]) == ("checkpoint", 2)
+    # Each rank keeps its own shards / ZeRO partitions in memory: no checkpoint restart of train(). The checkpoint
+    # path restarts train() once (after the branch of budget 10).
+    assert (memory["branch_restore"], memory["train_starts"]) == ("device", 1)
+    assert (record(root / "checkpoint")["branch_restore"], record(root / "checkpoint")["train_starts"]) == (
+        "checkpoint", 2)
 
 
 def test_budget_folders_are_full_from_pretrained_folders_with_tied_weights_and_tokenizer(sharded):
@@ -164,10 +163,8 @@ def test_extending_a_finished_run_adds_the_budget_a_fresh_run_would_write(sharde
     assert_bitwise_equal(budget_weights(root / "memory", 30), budget_weights(root / "alone30", 30))
 
 
-def test_fsdp2_branches_in_memory_equal_the_checkpoint_path(sharded):
+def test_branches_in_memory_equal_the_checkpoint_path(sharded):
     engine, root = sharded
-    if engine != "fsdp2":
-        pytest.skip("DeepSpeed keeps the checkpoint path (its automatic choice)")
     for step in (10, 20):
         assert_bitwise_equal(budget_weights(root / "memory", step), budget_weights(root / "checkpoint", step))
 
