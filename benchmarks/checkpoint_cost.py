@@ -27,17 +27,14 @@ import time
 
 import torch
 from datasets import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import TrainerCallback
 
 from hf_wsd import WSDConfig, WSDTrainer
 
-SEQ, BATCH, EVERY = 128, 4, 10
+from branch_switch import BATCH, SEQ, SIZES, model  # one set of model sizes for the benchmarks
+
+EVERY = 10
 FIRST, LAST, BUDGET = 5, 45, 50  # the measured window (updates), the run's only budget
-SIZES = {  # hidden, layers, heads, vocabulary (benchmarks/branch_switch.py's sizes)
-    "5M": (192, 4, 4, 8192),  # 4.9M parameters (untied embeddings)
-    "50M": (512, 12, 8, 8192),  # 46M
-    "124M": (768, 12, 12, 49152),  # recipes/llama-124m (the GPU check)
-}
 MODES = {"none": dict(save_steps=10**6), "sync": dict(save_steps=EVERY, async_checkpoints=False),
          "async": dict(save_steps=EVERY, async_checkpoints=True)}
 
@@ -77,14 +74,6 @@ class WindowTimer(TrainerCallback):
         stall = statistics.median(self.stalls) if self.stalls else 0.0
         return (stall + statistics.mean(after) - median) / EVERY / median
 
-
-def model(size: str) -> LlamaForCausalLM:
-    hidden, layers, heads, vocab = SIZES[size]
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=SEQ)
-    return LlamaForCausalLM(config)
 
 
 def run(size: str, mode: str, train: Dataset, cuda: bool = False) -> WindowTimer:

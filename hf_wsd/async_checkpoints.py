@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 
 from . import runs
+from .branching import tensors_in
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -229,7 +230,7 @@ class AsyncCheckpointWriter:
             return
 
         after = None
-        if any(t.is_cuda for t in _tensors(trees)):
+        if any(t.is_cuda for t in tensors_in(trees)):
             after = (torch.cuda.Event(), torch.cuda.current_device())
             after[0].record()  # the copies start once the update that produced the state is done on the device
 
@@ -306,16 +307,6 @@ class AsyncCheckpointWriter:
             raise
         self.wait(trainer)
 
-
-def _tensors(tree: Any) -> Iterator[torch.Tensor]:
-    if isinstance(tree, torch.Tensor):
-        yield tree
-    elif isinstance(tree, dict):
-        for value in tree.values():
-            yield from _tensors(value)
-    elif isinstance(tree, (list, tuple)):
-        for value in tree:
-            yield from _tensors(value)
 
 
 def write_model(trainer: "Trainer", folder: Path, state_dict: dict | None) -> None:

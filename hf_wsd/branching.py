@@ -26,7 +26,7 @@ import copy
 import logging
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -77,16 +77,16 @@ def _buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {f"buffer:{name}": b for name, b in model.named_buffers()}
 
 
-def _tensors(value: Any):
+def tensors_in(value: Any) -> Iterator[torch.Tensor]:
     """Every tensor in nested containers."""
     if isinstance(value, torch.Tensor):
         yield value
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _tensors(item)
+            yield from tensors_in(item)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            yield from _tensors(item)
+            yield from tensors_in(item)
 
 
 def _rng_states() -> dict:
@@ -108,7 +108,7 @@ def snapshot_bytes(trainer: "Trainer") -> int:
     """Bytes a snapshot takes: the trainable weights and buffers plus the optimizer's state tensors (under ZeRO:
     this rank's partitions, see :func:`_zero_state`)."""
     if getattr(trainer, "is_deepspeed_enabled", False):
-        return sum(t.numel() * t.element_size() for t in _tensors(_zero_state(trainer)))
+        return sum(t.numel() * t.element_size() for t in tensors_in(_zero_state(trainer)))
     total = sum(_local(t).numel() * t.element_size() for t in _trainable_state(trainer.model).values())
     for state in getattr(trainer.optimizer, "state", {}).values():
         total += sum(_local(v).numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
