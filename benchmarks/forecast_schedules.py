@@ -65,6 +65,7 @@ def score(group: dict[str, Path], fit_until: int, horizon: int, gain_factors=(No
             "measured": measured,
             "fit_seconds": seconds,
             "law": forecaster.law,
+            "self_check": forecaster.self_check and forecaster.self_check["error"],
         }
         default, growth = forecast_cross.GAIN_FACTOR, forecast_cross.END_ERROR_GROWTH
         for factor in gain_factors:
@@ -74,7 +75,7 @@ def score(group: dict[str, Path], fit_until: int, horizon: int, gain_factors=(No
             else:
                 forecast_cross.GAIN_FACTOR = default if factor is None else factor
             try:
-                f = forecaster.predict(lr, horizon - WINDOW, horizon)
+                f = forecaster.predict(lr, horizon - WINDOW, horizon, tolerance=GOALS[schedule])
                 extra = {}
             except ForecastRefused as error:
                 f = forecaster.predict(lr, horizon - WINDOW, horizon, refuse=False)
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{r['run']:<16} H={fit_until} {r['schedule']:<13} {r['method']:<9} {r['law']:<8} "
                     f"pred {r['predicted']:.4f} [{r['low']:.4f}, {r['high']:.4f}] meas {r['measured']:.4f} "
                     f"err {100 * r['error']:+.2f} % {'in' if r['in_band'] else 'OUT'} width {100 * r['width']:.1f} %"
+                    + (f" self-check {100 * r['self_check']:+.2f} %" if r.get("self_check") is not None else "")
                     + (f"  REFUSED: {r['refused'].split(': ', 2)[-1][:140]}" if "refused" in r else ""),
                     flush=True,
                 )

@@ -52,6 +52,12 @@ MAX_BAND_WIDTH = 0.15  # refuse when the 90 % band (high - low) is wider than th
 BOOTSTRAP = 6  # moving-block bootstrap refits
 BLOCKS = 8  # blocks of the bootstrap (each a contiguous run of entries)
 MAX_HELD_OUT = 4  # leave-one-decay-out refits: the last (longest-first) decays of the log
+SELF_CHECK_RATIO = 2.0  # the self-check fits the log's first 1/this and forecasts the log's own end (the reach asked)
+SELF_CHECK_WINDOW = 20  # the self-check's target when the log does not end in a decay: its last updates
+# The error a forecast may carry, by the schedule asked about (the issue's goals at 2× the fitted horizon); a forecast
+# whose self-check error (grown with its reach) exceeds it is refused. Other LR paths: DEFAULT_TOLERANCE.
+SCHEDULE_TOLERANCE = {"wsd-s": 0.015, "wsd": 0.025, "cosine": 0.05, "cyclic-cosine": 0.05}
+DEFAULT_TOLERANCE = 0.05
 
 
 class ForecastRefused(ValueError):
@@ -119,7 +125,7 @@ class ScheduleForecaster:
     ``law``: ``"auto"`` (chosen on the held-out decays), ``"mpl"`` or ``"momentum"``.
     """
 
-    def __init__(self, log: TrainingLog, law: str = "auto", bootstrap: int = BOOTSTRAP):
+    def __init__(self, log: TrainingLog, law: str = "auto", bootstrap: int = BOOTSTRAP, self_check: bool = True):
         if law not in (*LAWS, "auto"):
             raise ValueError(f"unknown `law` {law!r}; choose auto, {', '.join(LAWS)}.")
         self.log = log
@@ -149,6 +155,56 @@ class ScheduleForecaster:
         self.scores = scores
         self.noise = _noise_scale(self.data)
         logger.info("cross-schedule law for %s: %s (held-out-decay errors: %s)", log.source, self.law, scores)
+        self.self_check = self._self_check(law) if self_check else None
+
+    def _self_check(self, law: str) -> dict | None:
+        """Fit the log's first ``1 / SELF_CHECK_RATIO`` (``bootstrap=0``, no self-check of its own) and forecast the
+        log's own end: its last decay, or its last ``SELF_CHECK_WINDOW`` updates. ``None`` when the log is too short
+        for that (the log's end lies inside the cut part, or the cut part cannot be fitted)."""
+        last = self.log.last_step
+        cut = int(round(last / SELF_CHECK_RATIO))
+        ending = [d for d in self.decays if d.curve == 0 and d.end >= last - 1]
+        start = ending[-1].start if ending else last - SELF_CHECK_WINDOW
+        main = self.log.main
+        inside = (main.end > start) & (main.end <= last)
+        if start <= cut or not inside.any():
+            return None
+        branches = tuple(c.branch for c in self.log.curves[1:] if len(c.end) and c.end[-1] <= cut)
+        try:
+            early = ScheduleForecaster(self.log.cut(cut, branches), law, bootstrap=0, self_check=False)
+        except ValueError as error:
+            logger.info("%s: no self-check (%s)", self.log.source, error)
+            return None
+        predicted = early.predict(main.lr[:last], start, last, refuse=False).predicted
+        measured = float(main.loss[inside].mean())
+        error = float(np.log(predicted / measured))
+        logger.info(
+            "%s self-check: fitted to %d, forecast %d–%d off by %+.2f %%",
+            self.log.source,
+            cut,
+            start,
+            last - 1,
+            100 * np.expm1(error),
+        )
+        return {
+            "fit_until": cut,
+            "start": start,
+            "end": last,
+            "predicted": predicted,
+            "measured": measured,
+            "error": error,
+        }
+
+    def self_check_error(self, end: int) -> float | None:
+        """The self-check's absolute error (log units), grown as (reach / the self-check's reach) ** END_ERROR_GROWTH
+        for a target further out, reach measured as a multiple of the fitted horizon (a forecast at 2× the log's
+        last update has the self-check's own reach); never shrunk (a nearer target is trusted no more than that)."""
+        check = self.self_check
+        if check is None:
+            return None
+        reach = end / self.log.last_step - 1.0
+        own = check["end"] / check["fit_until"] - 1.0
+        return abs(check["error"]) * max(1.0, reach / max(own, 1e-9)) ** END_ERROR_GROWTH
 
     # ------------------------------------------------------------------------------------------------ refits
     def _refits(self, law: str, bootstrap: int) -> dict:
@@ -189,13 +245,22 @@ class ScheduleForecaster:
 
     # ------------------------------------------------------------------------------------------------ forecasts
     def predict(
-        self, lr: np.ndarray, start: int, end: int, law: str | None = None, refuse: bool = True, observed: bool = True
+        self,
+        lr: np.ndarray,
+        start: int,
+        end: int,
+        law: str | None = None,
+        refuse: bool = True,
+        observed: bool = True,
+        tolerance: float = DEFAULT_TOLERANCE,
     ) -> CrossForecast:
         """Mean loss of updates ``start … end-1`` along the absolute LR path ``lr`` (at least ``end - 1`` long).
 
         ``observed``: the band also holds the noise of the logged training losses in that window (compare with a
         logged mean); ``False`` for the loss of the weights (a held-out loss, much less noisy).
         ``refuse``: raise :class:`ForecastRefused` when the question is beyond the log (else forecast anyway).
+        ``tolerance``: the relative error the caller accepts (``SCHEDULE_TOLERANCE`` of the schedule asked about);
+        refused when the log's self-check, grown to this forecast's reach, is off by more.
         """
         law = law or self.law
         fit = self.fits[law]
@@ -224,6 +289,15 @@ class ScheduleForecaster:
                 f"({longest:.1f} peak-LR updates); beyond {MAX_DECAY_RATIO:g}× the annealing gain is not supported "
                 "by the log — fit on a log with a longer decay (a WSD branch, a longer WSD-S decay)"
             )
+        checked = self.self_check_error(end)
+        if checked is not None and np.expm1(checked) > tolerance:
+            check = self.self_check
+            reasons.append(
+                f"self-check: fitted to update {check['fit_until']}, this log's own updates {check['start']}–"
+                f"{check['end'] - 1} were forecast at {check['predicted']:.4g} where it logged {check['measured']:.4g} "
+                f"({100 * np.expm1(check['error']):+.1f} %, {100 * np.expm1(checked):.1f} % at this reach), more than "
+                f"the {100 * tolerance:.1f} % tolerance asked; log a longer run (the self-check's reach shrinks)"
+            )
         if reasons and refuse:
             raise ForecastRefused(f"{self.log.source}: no forecast of {what}: " + "; ".join(reasons))
         theta = _internal(law, fit.params)
@@ -240,6 +314,7 @@ class ScheduleForecaster:
             # The law's error on the log's held-out last 20 %, grown with how much further the target lies.
             "end_error": (fit.model_error or 0.0) * self._reach(end) ** END_ERROR_GROWTH,
             "target_noise": self.noise / np.sqrt(max(end - start, 1)) if observed else 0.0,
+            "self_check": checked or 0.0,  # the log's own forecast of its end from its first half
         }
         spread = float(np.sqrt(sum(v**2 for v in parts.values())))
         width = min(BAND_Z * spread, 5.0)
@@ -337,8 +412,9 @@ def forecast_plan_bounded(forecaster: ScheduleForecaster, plan, peak_lr: float |
         lr = budget_lr(plan, budget, forecaster.log.peak_lr if peak_lr is None else peak_lr)
         row = {"budget": budget.name, "index": budget.index, "step": budget.step, "tokens": budget.tokens}
         try:
-            final = forecaster.predict(lr, budget.step, budget.step + 1, observed=False)
-            decay = forecaster.predict(lr, budget.decay_start, budget.step)
+            tolerance = SCHEDULE_TOLERANCE.get(plan.schedule, DEFAULT_TOLERANCE)
+            final = forecaster.predict(lr, budget.step, budget.step + 1, observed=False, tolerance=tolerance)
+            decay = forecaster.predict(lr, budget.decay_start, budget.step, tolerance=tolerance)
         except ForecastRefused as error:
             numbers = dict.fromkeys(
                 ("predicted_loss", "low", "high", "predicted_decay_mean", "decay_low", "decay_high")

@@ -101,7 +101,7 @@ def test_questions_beyond_the_log_are_refused_with_the_reason(runaway):
         runaway.predict(schedule_lr("wsd", 2000), 2000, 2001)
     with pytest.raises(ForecastRefused, match="LR area of the longest decay in the log"):
         runaway.predict(schedule_lr("cosine", 1600), 1600, 1601)
-    noisy = ScheduleForecaster(law_log(RUNAWAY, 200, noise=0.15), "momentum")
+    noisy = ScheduleForecaster(law_log(RUNAWAY, 200, noise=0.15), "momentum", self_check=False)  # the band alone
     with pytest.raises(ForecastRefused, match="90 % band .* more than the 15 %"):
         noisy.predict(schedule_lr("wsd", 800, decay_fraction=0.5), 780, 800)
     assert isinstance(ForecastRefused("x"), ValueError)  # callers that catch ValueError keep working
@@ -168,3 +168,42 @@ def test_the_same_log_gives_the_same_forecast_and_band(runaway):
     lr = schedule_lr("cosine", 800)
     first, second = runaway.predict(lr, 780, 800, refuse=False), again.predict(lr, 780, 800, refuse=False)
     assert (first.predicted, first.low, first.high) == (second.predicted, second.low, second.high)
+
+
+def test_the_self_check_forecasts_the_logs_own_end_from_its_first_half_and_refuses_past_the_tolerance():
+    """The refusal rule is decided from the log alone: fitted to half the log, the forecaster predicts the log's own
+    last decay (the reach of a forecast at 2× the log); that error widens every band and, past the tolerance of the
+    schedule asked about, refuses the forecast naming the error and the tolerance."""
+    target = path_lr(WSD_S, 400)
+    good = ScheduleForecaster(law_log(SETTLED, 200, noise=0.01, seed=1), "momentum", bootstrap=2)
+    check = good.self_check
+    assert (check["fit_until"], check["start"], check["end"]) == (100, 182, 200)
+    early = ScheduleForecaster(good.log.cut(100), "momentum", bootstrap=0, self_check=False)
+    assert check["predicted"] == early.predict(target[:200], 182, 200, refuse=False).predicted
+    assert check["measured"] == pytest.approx(good.log.main.loss[182:200].mean())
+    assert abs(check["error"]) < 0.015
+    answered = good.predict(target, 380, 400, tolerance=0.015)  # WSD-S at 2×: the self-check's own reach
+    assert answered.spread["self_check"] == pytest.approx(abs(check["error"]))
+    assert good.self_check_error(800) == pytest.approx(abs(check["error"]) * np.sqrt(3))  # 4×: √3 the reach
+    assert good.self_check_error(250) == pytest.approx(abs(check["error"]))  # nearer: never trusted more
+
+    bad = ScheduleForecaster(law_log(SETTLED, 200, noise=0.01, seed=0), "momentum", bootstrap=2)
+    error = abs(np.expm1(bad.self_check["error"]))
+    assert 0.015 < error < 0.1
+    with pytest.raises(ForecastRefused, match=r"self-check: fitted to update 100, .* more than the 1.5 % tolerance"):
+        bad.predict(target, 380, 400, tolerance=0.015)
+    loose = bad.predict(target, 380, 400, tolerance=0.1)  # a looser question is answered, with the error in its band
+    assert np.log(loose.high / loose.predicted) >= forecast.BAND_Z * abs(bad.self_check["error"])
+    assert ScheduleForecaster(bad.log, "momentum", bootstrap=2, self_check=False).self_check is None
+
+
+def test_a_plans_forecast_is_held_to_its_schedules_tolerance():
+    from hf_wsd.forecast_cross import SCHEDULE_TOLERANCE, forecast_plan_bounded
+
+    bad = ScheduleForecaster(law_log(SETTLED, 200, noise=0.01, seed=0), "momentum", bootstrap=2)
+    error = abs(np.expm1(bad.self_check["error"]))
+    assert SCHEDULE_TOLERANCE["wsd-s"] < error < SCHEDULE_TOLERANCE["cosine"]
+    (wsd_s,) = forecast_plan_bounded(bad, BudgetPlan([400], "wsd-s", warmup_steps=20, decay_fraction=0.2))
+    assert wsd_s["predicted_loss"] is None and "self-check" in wsd_s["note"]
+    (cosine,) = forecast_plan_bounded(bad, BudgetPlan([400], "cosine", warmup_steps=20))
+    assert "self-check" not in (cosine.get("note") or "")
