@@ -87,7 +87,9 @@ def test_two_processes_on_a_stream_prepare_nothing_and_match_one_process(tmp_pat
 def test_two_processes_prepare_the_dataset_once(tmp_path, small_corpus):
     """Two ranks race on an empty cache: one prepares under the lock, the other loads what it wrote."""
     cache = tmp_path / "cache"
-    ddp = run_recipe(LAUNCH_2, tmp_path / "ddp", small_corpus, "wsd-s", 4, extra=["--cache_dir", str(cache)])
+    # INFO on both ranks (the recipe logs INFO on the main process only): either rank may win the race for the lock
+    ddp = run_recipe(LAUNCH_2, tmp_path / "ddp", small_corpus, "wsd-s", 4,
+                     extra=["--cache_dir", str(cache), "--log_level_replica", "info"])
     assert (ddp.stdout + ddp.stderr).count("reusing prepared dataset") == 1
     prepared = [p.name for p in (cache / "prepared").iterdir()]
     assert len(prepared) == 1 and not prepared[0].startswith("."), prepared  # one entry, no leftover temp folder

@@ -37,8 +37,10 @@ def run(data_args: DataArguments, model_args: ModelArguments, args: WSDConfig, t
     from transformers import set_seed
 
     from ..data import validate_for_model
+    from ..quiet import follow_replica_log_level
     from ..trainer import WSDTrainer
 
+    follow_replica_log_level(args)  # `--log_level_replica` applies to data preparation too, not only training
     set_seed(args.seed)
     fill_card_fields(data_args, args)
     data = load_data(data_args, args)
