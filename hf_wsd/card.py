@@ -19,7 +19,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 
 from . import runs
-from .card_data import hub_datasets, license_metadata
+from .card_data import decay_data_text, hub_datasets, license_metadata, training_data_text
 from .events import BudgetCallback, BudgetReached, PreviewReached
 from .plan import format_tokens
 
@@ -91,35 +91,6 @@ def _throughput_text(throughput: dict | None) -> str | None:
     if _finite(throughput.get("mfu")):
         text += f", {throughput['mfu']:.1f} % MFU"
     return text + " since the previous budget"
-
-
-def _decay_data_text(mixture: dict | None, main_name: str | None = None) -> str | None:
-    """``"main 70 % (14.3K tokens), quality 30 % (6.14K tokens), updates 90–100"`` from ``budget.json``'s
-    ``decay_mixture`` (annealing: hf_wsd/data/mixture.py); ``None`` for a run without one."""
-    if not mixture:
-        return None
-    if not mixture.get("window"):
-        return "the training data only (this budget's decay has no mixture)"
-    parts = []
-    for source in mixture.get("sources", []):
-        label = source["name"]
-        if label == "main":
-            label = f"main ({main_name})" if main_name else "main (the training data)"
-        text = f"{label} {100 * source['weight']:.3g} %"
-        if isinstance(source.get("tokens"), int):
-            text += f" ({format_tokens(source['tokens'])} tokens)"
-        parts.append(text)
-    start, end = mixture["window"]
-    return f"{', '.join(parts)}, updates {start}–{end}"
-
-
-def _training_data_text(data: dict | None) -> str | None:
-    """``"the King James Version of the Bible (public domain; en)"`` from ``budget.json``'s ``training_data``."""
-    if not data or not (data.get("name") or data.get("datasets")):
-        return None
-    name = data.get("name") or ", ".join(f"`{d}`" for d in data["datasets"])
-    details = [part for part in (data.get("license"), ", ".join(data.get("language", []))) if part]
-    return name + (f" ({'; '.join(details)})" if details else "")
 
 
 def _train_loss_label(budget: dict) -> str:
@@ -327,10 +298,10 @@ def _template_values(budget_dir: Path, repo_id: str | None, endpoint: str) -> di
         "warmup": f"{warmup:,} updates, linear" if isinstance(warmup, int) else _MISSING,
         "train_loss": _number(budget.get("train_loss"), ".4f"),
         "train_loss_label": _train_loss_label(budget),
-        "training_data": _training_data_text(budget.get("training_data")),
+        "training_data": training_data_text(budget.get("training_data")),
         "throughput": _throughput_text(budget.get("throughput")),
         "forecast": _forecast_text(_read_forecast(budget_dir), budget.get("train_loss")),
-        "decay_data": _decay_data_text(budget.get("decay_mixture"), (budget.get("training_data") or {}).get("name")),
+        "decay_data": decay_data_text(budget.get("decay_mixture"), (budget.get("training_data") or {}).get("name")),
         "num_parameters": parameters,
         "eval_rows": eval_rows,
         "eval_note": eval_note,

@@ -5,13 +5,15 @@ budget: the corpus's name, the Hub dataset ids (the card's ``datasets:`` metadat
 from the config's ``card_*`` fields (the recipes fill them for the corpora they know, :func:`known_corpus`), and
 the names of a decay mixture's sources (``main`` is the training data).
 
-Pure; no torch.
+Pure; no torch. The card's rows about the data (:func:`training_data_text`, :func:`decay_data_text`) are here too.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
+
+from .plan import format_tokens
 
 # Corpora the recipes embed: what their cards say (both texts are in the public domain, in English).
 KNOWN_CORPORA: dict[str, dict[str, Any]] = {
@@ -78,3 +80,32 @@ def fill_known(args: Any, corpus: str | None, extra_datasets: list[str] = ()) ->
         args.card_license = facts["license"]
     if not getattr(args, "card_language", None) and facts.get("language"):
         args.card_language = list(facts["language"])
+
+
+def decay_data_text(mixture: dict | None, main_name: str | None = None) -> str | None:
+    """``"main 70 % (14.3K tokens), quality 30 % (6.14K tokens), updates 90–100"`` from ``budget.json``'s
+    ``decay_mixture`` (annealing: hf_wsd/data/mixture.py); ``None`` for a run without one."""
+    if not mixture:
+        return None
+    if not mixture.get("window"):
+        return "the training data only (this budget's decay has no mixture)"
+    parts = []
+    for source in mixture.get("sources", []):
+        label = source["name"]
+        if label == "main":
+            label = f"main ({main_name})" if main_name else "main (the training data)"
+        text = f"{label} {100 * source['weight']:.3g} %"
+        if isinstance(source.get("tokens"), int):
+            text += f" ({format_tokens(source['tokens'])} tokens)"
+        parts.append(text)
+    start, end = mixture["window"]
+    return f"{', '.join(parts)}, updates {start}–{end}"
+
+
+def training_data_text(data: dict | None) -> str | None:
+    """``"the King James Version of the Bible (public domain; en)"`` from ``budget.json``'s ``training_data``."""
+    if not data or not (data.get("name") or data.get("datasets")):
+        return None
+    name = data.get("name") or ", ".join(f"`{d}`" for d in data["datasets"])
+    details = [part for part in (data.get("license"), ", ".join(data.get("language", []))) if part]
+    return name + (f" ({'; '.join(details)})" if details else "")

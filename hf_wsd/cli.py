@@ -188,7 +188,8 @@ def _forecast(args: argparse.Namespace) -> int:
 def _suggest_decay(args: argparse.Namespace, log) -> int:
     import json
 
-    from .forecast_cross import ScheduleForecaster, advice_text, suggest_decay
+    from .forecast_advice import advice_text, suggest_decay
+    from .forecast_cross import ScheduleForecaster
 
     warmup = args.warmup_steps or (log.plan.warmup_steps if log.plan is not None else 0)
     rows = suggest_decay(ScheduleForecaster(log, args.law), args.suggest_decay, warmup_steps=warmup,

@@ -293,7 +293,7 @@ class WSDArguments:
         default=None,
         metadata={"help": "Languages of the training data (ISO 639-1: en …): the card's `language:` metadata."},
     )
-    # ---- Throughput of architectures hf_wsd cannot count (hf_wsd/throughput.py)
+    # ---- Throughput of architectures hf_wsd cannot count (hf_wsd/flops.py)
     flops_per_token: float | None = field(
         default=None,
         metadata={"help": "Training FLOPs per token (forward + backward) for TFLOP/s and MFU; default: counted from "

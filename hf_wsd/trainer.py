@@ -399,7 +399,8 @@ class WSDMixin:
         """Tokens/s, TFLOP/s and MFU of this run (``log_throughput``), or ``None`` without a sequence length."""
         if not self.args.log_throughput:
             return None
-        from .throughput import ThroughputMeter, device_name, flops_per_token, matmul_precision, peak_flops
+        from .flops import flops_per_token
+        from .throughput import ThroughputMeter, device_name, matmul_precision, peak_flops
 
         model = self.accelerator.unwrap_model(self.model)
         model = model.get_base_model() if lean.is_peft_model(model) else model

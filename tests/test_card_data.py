@@ -12,7 +12,8 @@ import yaml
 from helpers import tiny_trainer
 
 from hf_wsd import card_data
-from hf_wsd.card import _decay_data_text, render_model_card
+from hf_wsd.card import render_model_card
+from hf_wsd.card_data import decay_data_text
 
 BUDGETS = (20, 40)
 
@@ -83,5 +84,5 @@ def test_recipes_fill_what_they_know_of_the_corpus_and_never_overwrite_the_user(
 def test_a_mixtures_main_source_is_named():
     mixture = {"window": [90, 100], "sources": [{"name": "main", "weight": 0.7, "tokens": 14300},
                                                  {"name": "quality", "weight": 0.3}]}
-    assert _decay_data_text(mixture, "kjv").startswith("main (kjv) 70 % (14.3K tokens), quality 30 %")
-    assert _decay_data_text(mixture).startswith("main (the training data) 70 %")
+    assert decay_data_text(mixture, "kjv").startswith("main (kjv) 70 % (14.3K tokens), quality 30 %")
+    assert decay_data_text(mixture).startswith("main (the training data) 70 %")

@@ -16,8 +16,8 @@ from hf_wsd.forecast_cross import (
     ForecastRefused,
     ScheduleForecaster,
     find_decays,
-    suggest_decay,
 )
+from hf_wsd.forecast_advice import suggest_decay
 from hf_wsd.forecast_logs import LossCurve, TrainingLog
 from hf_wsd.plan import BudgetPlan
 

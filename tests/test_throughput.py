@@ -1,5 +1,5 @@
-"""FLOPs per token, device peaks and the throughput meter (hf_wsd/throughput.py): hand counts, real weights,
-exact arithmetic."""
+"""FLOPs per token, device peaks and the throughput meter (hf_wsd/flops.py, hf_wsd/throughput.py): hand counts,
+real weights, exact arithmetic."""
 
 from __future__ import annotations
 
@@ -9,17 +9,8 @@ import pytest
 import torch
 from transformers import CONFIG_MAPPING, AutoModelForCausalLM, GPT2Config, LlamaConfig, LlamaForCausalLM
 
-from hf_wsd.throughput import (
-    GATED_MLP_TYPES,
-    PEAK_TFLOPS,
-    PLAIN_MLP_TYPES,
-    ThroughputMeter,
-    find_device,
-    flops_breakdown,
-    flops_per_token,
-    matmul_precision,
-    peak_flops,
-)
+from hf_wsd.flops import GATED_MLP_TYPES, PLAIN_MLP_TYPES, flops_breakdown, flops_per_token
+from hf_wsd.throughput import PEAK_TFLOPS, ThroughputMeter, find_device, matmul_precision, peak_flops
 
 TINY_LLAMA = dict(
     hidden_size=64,
@@ -141,7 +132,7 @@ def test_every_known_architecture_counts_the_matmul_weights_its_model_has(model_
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     from_config = flops_breakdown(config, 64)
-    from hf_wsd.throughput import _from_parameters
+    from hf_wsd.flops import _from_parameters
 
     from_weights = _from_parameters(config, 64, model)
     assert from_config.matmul_params == from_weights.matmul_params

@@ -8,6 +8,7 @@ functions and prints what it returns, as TRL's ``trl/scripts`` are called by ``t
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import signal
@@ -15,6 +16,7 @@ import sys
 import threading
 from typing import Sequence
 
+logger = logging.getLogger(__name__)
 RESUME_FLAG = "--resume_from_checkpoint"
 
 
@@ -37,7 +39,7 @@ def run_recipe(resumable: bool = True):
             for number in previous:  # a second Ctrl-C must not cut the message
                 signal.signal(number, signal.SIG_IGN)
         if int(os.environ.get("RANK", "0")) == 0:
-            print(interrupted_message(sys.argv, resumable), file=sys.stderr, flush=True)
+            logger.warning(interrupted_message(sys.argv, resumable))  # stderr, through the recipe's logging
         raise SystemExit(130) from None
     finally:
         import torch.distributed as dist
@@ -70,8 +72,8 @@ def resume_command(argv: Sequence[str]) -> str:
 
 def interrupted_message(argv: Sequence[str], resumable: bool = True) -> str:
     if not resumable:
-        return "\nInterrupted."
+        return "Interrupted."
     return (
-        "\nInterrupted. Budgets already written stay in their folders; the run resumes from its newest checkpoint "
+        "Interrupted. Budgets already written stay in their folders; the run resumes from its newest checkpoint "
         f"(updates after it are trained again) with:\n  {resume_command(argv)}"
     )
